@@ -1,0 +1,79 @@
+"""`perfmodel` command line: workloads | collect | evaluate | check | tune | show | train."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+CONF_DIR = Path(os.environ.get("PERFMODEL_CONF", Path(__file__).resolve().parents[1] / "conf"))
+
+
+def compose(name: str, overrides: list[str]) -> Any:
+    """The Hydra config ``conf/<name>.yaml`` with command-line ``overrides`` applied."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose(config_name=name, overrides=overrides)
+
+
+def _cmd_workloads(args: argparse.Namespace) -> int:
+    from perfmodel import workloads
+
+    if args.refresh:
+        workloads.refresh_network_cache()
+    tasks = workloads.registry()
+    print(f"{'task':70s} {'family':12s} {'GFLOP':>10s} {'weight':>6s}")
+    for t in tasks.values():
+        print(f"{t.name:70s} {t.family:12s} {t.flops / 1e9:10.4f} {t.weight:6d}")
+    print(f"{len(tasks)} tasks")
+    return 0
+
+
+def _cmd_collect(args: argparse.Namespace) -> int:
+    from omegaconf import OmegaConf
+
+    from perfmodel.collect.collector import CollectConfig, collect
+    from perfmodel.collect.measure import EvalConfig
+
+    cfg = OmegaConf.to_container(compose("collect", args.overrides), resolve=True)
+    cfg.pop("tasks_default", None)
+    cfg["eval"] = EvalConfig(**cfg["eval"])
+    cfg["tasks"] = list(cfg["tasks"])
+    out = collect(CollectConfig(**cfg))
+    total = {k: sum(v[k] for v in out.values()) for k in ("records", "valid", "failed")}
+    print(json.dumps({"tasks": len(out), **total}))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="perfmodel", description=__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("workloads", help="list the registry's tasks with their FLOPs")
+    p.add_argument("--refresh", action="store_true", help="re-extract the network tasks with Relax")
+    p.set_defaults(fn=_cmd_workloads)
+    p = sub.add_parser("collect", help="measure schedules into datasets/ (Hydra overrides follow)")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides of conf/collect.yaml, e.g. n_random=8")
+    p.set_defaults(fn=_cmd_collect)
+    for register in _EXTRA:
+        register(sub)
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    try:
+        return args.fn(args)
+    except (KeyError, ValueError, ConnectionError, FileNotFoundError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"perfmodel {args.cmd}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+# Subcommands registered by other modules (evaluate, tune, show...): functions taking the subparsers.
+_EXTRA: list[Any] = []
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""The resumable collector: fill one database per hardware with measured schedules of many tasks.
+
+Two phases over the task list: first ``n_random`` uniform samples of every task's design space
+(coverage), then an evolutionary search per task up to ``n_random + n_evolve`` records (the fast
+corner). Every batch is appended and fsynced before the next starts, so ``kill -9`` loses at most
+the batch in flight; a rerun counts what is there, skips schedules already measured (trace key)
+and continues up to the target.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from perfmodel.collect.database import Database, RawRecord
+from perfmodel.collect.measure import FAILED, EvalConfig, LocalMeasurer, MeasureResult, RPCMeasurer
+from perfmodel.collect.sampler import Evolution, TaskSpace, to_py, trace_key
+
+
+@dataclass
+class CollectConfig:
+    """What to collect (mirrors ``conf/collect.yaml``).
+
+    Attributes:
+        out_dir: root of the datasets; records go to ``<out_dir>/<hardware>/``.
+        hardware: name of this machine's folder; empty = derived from the CPU model.
+        target: TVM target as a JSON dict.
+        tasks: registry task names.
+        n_random: random design-space samples per task.
+        n_evolve: evolutionary-search records per task after the random ones.
+        batch: candidates measured and committed together.
+        seed: seed of the evolutionary search.
+        runner: ``local`` or ``rpc``.
+        rpc: ``host``, ``port``, ``key`` of the RPC tracker.
+        eval: timing configuration.
+        progress: show a progress bar.
+    """
+
+    out_dir: str = "datasets"
+    hardware: str = ""
+    target: dict = field(default_factory=lambda: {"kind": "llvm", "num-cores": 1})
+    tasks: list[str] = field(default_factory=list)
+    n_random: int = 64
+    n_evolve: int = 64
+    batch: int = 16
+    seed: int = 1
+    runner: str = "local"
+    rpc: dict = field(default_factory=lambda: {"host": "127.0.0.1", "port": 9190, "key": "local"})
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    progress: bool = True
+
+
+def hardware_slug(threads: int = 1) -> str:
+    """Folder name of this CPU: model name in lower case plus the runner thread count."""
+    model = platform.processor() or "cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1]
+                break
+    except OSError:
+        pass
+    return re.sub(r"[^a-z0-9]+", "-", model.lower()).strip("-") + f"-t{threads}"
+
+
+def make_target(spec: Any) -> Any:
+    """A ``tvm.target.Target`` from a dict or JSON string; a bad one raises one clear line."""
+    import tvm
+
+    if isinstance(spec, str):
+        try:
+            spec = json.loads(spec)
+        except ValueError:
+            pass
+    try:
+        return tvm.target.Target(dict(spec) if not isinstance(spec, str) else spec)
+    except Exception as e:  # noqa: BLE001
+        from perfmodel.collect.measure import one_line
+
+        raise ValueError(f"target {spec!r} rejected by TVM: {one_line(e)}") from None
+
+
+def _record(wl: int, trace: Any, res: MeasureResult, target_json: Any, args_json: Any) -> RawRecord:
+    return RawRecord(line=0, workload=wl, trace=to_py(trace.as_json()),
+                     run_secs=res.run_secs if res.ok else [FAILED], target=target_json, args_info=args_json)
+
+
+class Collector:
+    """Runs one collection (see module docstring). ``run()`` returns per-task counts."""
+
+    def __init__(self, cfg: CollectConfig) -> None:
+        from perfmodel.workloads import get_task
+
+        self.cfg = cfg
+        self.target = make_target(cfg.target)
+        self.tasks = [get_task(n) for n in cfg.tasks]  # unknown names fail here, before measuring
+        self.hardware = cfg.hardware or hardware_slug(cfg.eval.threads)
+        self.db = Database.open(Path(cfg.out_dir) / self.hardware, create=True)
+        self.stats: Counter = Counter()
+        self.failures: Counter = Counter()
+        self.target_json = to_py(self.target.export()) if hasattr(self.target, "export") else None
+        if cfg.runner == "rpc":
+            self.measurer: Any = RPCMeasurer(target=self.target, cfg=cfg.eval, **cfg.rpc)
+        elif cfg.runner == "local":
+            self.measurer = LocalMeasurer(target=self.target, cfg=cfg.eval)
+        else:
+            raise ValueError(f"runner {cfg.runner!r} unknown: use local or rpc")
+        self._bar: Any = None
+
+    # ------------------------------------------------------------------------------------
+    def _task_records(self, wl: int) -> list[RawRecord]:
+        return [r for r in self.db.records if r.workload == wl]
+
+    def run(self) -> dict[str, dict[str, int]]:
+        from tqdm import tqdm
+
+        goal = self.cfg.n_random + self.cfg.n_evolve
+        wls = {t.name: self.db.add_workload(t.mod) for t in self.tasks}
+        have = {n: len(self._task_records(wl)) for n, wl in wls.items()}
+        todo = sum(max(0, goal - have[n]) for n in wls)
+        self._bar = tqdm(total=todo, unit="rec", disable=not self.cfg.progress, smoothing=0.05,
+                         desc=f"collect {self.hardware}")
+        self._t0 = time.perf_counter()
+        try:
+            for phase, limit in (("random", self.cfg.n_random), ("evolve", goal)):
+                for t in self.tasks:
+                    if len(self._task_records(wls[t.name])) >= limit:
+                        continue
+                    self._bar.set_postfix_str(f"{phase} {t.name}", refresh=False)
+                    space = TaskSpace(mod=t.mod, target=self.target, seed=self.cfg.seed)
+                    if phase == "random":
+                        self._random(t.name, wls[t.name], space, limit)
+                    else:
+                        self._evolve(t.name, wls[t.name], space, limit)
+        finally:
+            self._bar.close()
+            self.measurer.close()
+        out = {}
+        for n, wl in wls.items():
+            recs = self._task_records(wl)
+            out[n] = {"records": len(recs), "valid": sum(r.ok for r in recs), "failed": sum(not r.ok for r in recs)}
+        return out
+
+    def _commit(self, name: str, wl: int, schedules: list[Any], results: list[MeasureResult], space: TaskSpace) -> None:
+        args_json = to_py([a.as_json() for a in space.args_info])
+        recs = [_record(wl, s.trace, r, self.target_json, args_json) for s, r in zip(schedules, results)]
+        self.db.append(recs)
+        for r in results:
+            self.stats["valid" if r.ok else "failed"] += 1
+            if not r.ok:
+                self.failures[(name, (r.error or "no timing").split(":")[0])] += 1
+        if self._bar is not None:
+            self._bar.update(len(recs))
+
+    def _random(self, name: str, wl: int, space: TaskSpace, limit: int) -> None:
+        seen = {r.key for r in self._task_records(wl)}
+        stream = space.random_stream()
+        while (need := limit - len(self._task_records(wl))) > 0:
+            batch = []
+            for _, sch in stream:
+                key = trace_key(sch.trace.as_json())
+                if key in seen:
+                    continue
+                seen.add(key)
+                batch.append(sch)
+                if len(batch) >= min(need, self.cfg.batch):
+                    break
+            if not batch:
+                return  # the space is exhausted
+            results = self.measurer.measure([(s.mod, space.args_info) for s in batch])
+            self._commit(name, wl, batch, results, space)
+
+    def _evolve(self, name: str, wl: int, space: TaskSpace, limit: int) -> None:
+        recs = self._task_records(wl)
+        seen = {r.key for r in recs}
+        evo = Evolution(space=space, measured=recs, db=self.db, max_trials=limit - len(recs), batch=self.cfg.batch)
+        try:
+            while (need := limit - len(self._task_records(wl))) > 0:
+                cands = evo.propose()
+                if not cands:
+                    return
+                fresh = []
+                for c in cands[:need]:
+                    key = trace_key(c.sch.trace.as_json())
+                    if key not in seen:
+                        seen.add(key)
+                        fresh.append(c)
+                results = self.measurer.measure([(c.sch.mod, space.args_info) for c in fresh])
+                self._commit(name, wl, [c.sch for c in fresh], results, space)
+                by_id = {id(c): r for c, r in zip(fresh, results)}
+                evo.tell(cands, [by_id[id(c)].run_secs if id(c) in by_id and by_id[id(c)].ok else None
+                                 for c in cands])
+        finally:
+            evo.close()
+
+
+def collect(cfg: CollectConfig) -> dict[str, dict[str, int]]:
+    """Run a collection and return ``{task: {records, valid, failed}}``."""
+    return Collector(cfg).run()

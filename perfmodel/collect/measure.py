@@ -1,0 +1,340 @@
+"""Build schedules in this process and time them in one long-lived worker process.
+
+MetaSchedule's ``LocalBuilder``/``LocalRunner`` start process pools and tar/untar artifacts for every
+batch. A collector only needs timings, so it keeps one runner process alive for the whole job,
+builds the next candidate while the runner times the previous one, and restarts the runner only
+if a kernel crashes it or runs past the timeout. ``RPCMeasurer`` sends the same artifacts through
+TVM's RPC tracker instead, for boards elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+FAILED = 1e10  # MetaSchedule's run_secs for a failed build or run
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How one candidate is timed.
+
+    Attributes:
+        repeat: timings kept per record (each the mean over ``number`` runs).
+        min_repeat_ms: ``number`` grows until one repeat lasts at least this long.
+        timeout_s: a candidate whose timing takes longer is killed and counted as failed.
+        threads: TVM runtime threads of the runner (``TVM_NUM_THREADS``).
+    """
+
+    repeat: int = 3
+    min_repeat_ms: int = 20
+    timeout_s: float = 20.0
+    threads: int = 1
+
+
+@dataclass
+class MeasureResult:
+    """Outcome of one candidate: ``run_secs`` (all repeats) or ``error``."""
+
+    run_secs: list[float] | None
+    error: str | None = None
+    build_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and bool(self.run_secs)
+
+
+@dataclass
+class _Job:
+    path: str | None
+    args: list[tuple[list[int], str]]
+    result: MeasureResult = field(default_factory=lambda: MeasureResult(None))
+
+
+def one_line(e: BaseException) -> str:
+    """An exception as one short line: its type and the last line of its message."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[-1][:300]}" if lines else type(e).__name__
+
+
+def args_of(args_info: Iterable[Any]) -> list[tuple[list[int], str]]:
+    """``(shape, dtype)`` of every tensor argument of a candidate's ``ArgInfo`` list."""
+    out = []
+    for a in args_info:
+        j = a.as_json()  # ["TENSOR", dtype, shape]
+        out.append(([int(s) for s in j[2]], str(j[1])))
+    return out
+
+
+def build(mod: Any, target: Any, out_dir: str) -> str:
+    """Compile a scheduled IRModule for ``target`` and export it as a shared library."""
+    import tvm
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    from perfmodel._tvm import load_ms
+
+    load_ms()  # registers the tensor intrinsics some schedules use
+
+    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+    lib = tvm.compile(mod, target=target)
+    fd, path = tempfile.mkstemp(suffix=".so", dir=out_dir)
+    os.close(fd)
+    lib.export_library(path)
+    return path
+
+
+def _time_module(path: str, args: list[tuple[list[int], str]], cfg: EvalConfig) -> list[float]:
+    import tvm
+
+    dev = tvm.cpu(0)
+    lib = tvm.runtime.load_module(path)
+    rng = np.random.default_rng(0)
+    tensors = []
+    for shape, dtype in args:
+        if "float" in dtype:
+            arr = rng.uniform(-1, 1, size=shape).astype(dtype)
+        else:
+            arr = rng.integers(0, 8, size=shape).astype(dtype)
+        tensors.append(tvm.runtime.tensor(arr, dev))
+    f = lib.time_evaluator(lib.entry_name, dev, number=1, repeat=cfg.repeat, min_repeat_ms=cfg.min_repeat_ms)
+    return [float(x) for x in f(*tensors).results]
+
+
+def _runner_main() -> None:
+    """Entry of the runner process: JSON jobs on stdin, one JSON answer line each on stdout."""
+    out = sys.stdout
+    sys.stdout = sys.stderr  # anything TVM prints must not corrupt the answer stream
+    for line in sys.stdin:
+        job = json.loads(line)
+        cfg = EvalConfig(**job["cfg"])
+        try:
+            ans = {"ok": _time_module(job["path"], [tuple(a) for a in job["args"]], cfg)}
+        except Exception as e:  # noqa: BLE001  a failing kernel is a result, not a crash
+            ans = {"error": one_line(e)}
+        out.write(json.dumps(ans) + "\n")
+        out.flush()
+
+
+class _Runner:
+    """One long-lived ``python -m perfmodel.collect.measure`` process; restarted when it dies."""
+
+    def __init__(self, cfg: EvalConfig) -> None:
+        self.cfg = cfg
+        self.proc: subprocess.Popen | None = None
+        self.restarts = 0
+
+    def _start(self) -> None:
+        env = dict(os.environ, TVM_NUM_THREADS=str(self.cfg.threads))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "perfmodel.collect.measure"], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True, bufsize=1)
+
+    def submit(self, job: _Job) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            self._start()
+        assert self.proc is not None and self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(json.dumps({"path": job.path, "args": job.args, "cfg": asdict(self.cfg)}) + "\n")
+            self.proc.stdin.flush()
+        except OSError:
+            pass  # collect() sees the dead process
+
+    def collect(self, job: _Job) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], self.cfg.timeout_s)
+        if ready:
+            line = self.proc.stdout.readline()
+            if line:
+                ans = json.loads(line)
+                if "ok" in ans:
+                    job.result.run_secs = ans["ok"]
+                else:
+                    job.result.error = f"run: {ans['error']}"
+                return
+            job.result.error = "run: runner process died (crashing kernel)"
+        else:
+            job.result.error = f"run: timed out after {self.cfg.timeout_s}s"
+        self.kill()
+        self.restarts += 1
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                assert self.proc.stdin is not None
+                self.proc.stdin.close()
+                self.proc.wait(timeout=5)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+        self.kill()
+
+
+class LocalMeasurer:
+    """Times candidates on this machine, pipelining the build of one with the run of the previous.
+
+    Args:
+        target: a ``tvm.target.Target``.
+        cfg: timing configuration.
+    """
+
+    def __init__(self, *, target: Any, cfg: EvalConfig | None = None) -> None:
+        self.target = target
+        self.cfg = cfg or EvalConfig()
+        self._runner = _Runner(self.cfg)
+        self._tmp = tempfile.mkdtemp(prefix="perfmodel-measure-")
+
+    def measure(self, items: Iterable[tuple[Any, Any]]) -> list[MeasureResult]:
+        """Time ``(scheduled IRModule, args_info)`` pairs; results come back in the same order."""
+        return list(self.iter_measure(items))
+
+    def iter_measure(self, items: Iterable[tuple[Any, Any]]) -> Iterator[MeasureResult]:
+        import time
+
+        pending: _Job | None = None
+        for mod, args_info in items:
+            t0 = time.perf_counter()
+            job = _Job(path=None, args=args_of(args_info))
+            try:
+                job.path = build(mod, self.target, self._tmp)
+            except Exception as e:  # noqa: BLE001  a failed build is a record, not a crash
+                job.result.error = f"build: {one_line(e)}"
+            job.result.build_s = time.perf_counter() - t0
+            if pending is not None:
+                yield self._finish(pending)
+                pending = None
+            if job.path is None:
+                yield job.result
+                continue
+            self._runner.submit(job)
+            pending = job
+        if pending is not None:
+            yield self._finish(pending)
+
+    def _finish(self, job: _Job) -> MeasureResult:
+        self._runner.collect(job)
+        if job.path:
+            try:
+                os.remove(job.path)
+            except OSError:
+                pass
+        return job.result
+
+    @property
+    def restarts(self) -> int:
+        return self._runner.restarts
+
+    def close(self) -> None:
+        self._runner.close()
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def __enter__(self) -> LocalMeasurer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class RPCMeasurer:
+    """Times candidates on a device registered with TVM's RPC tracker under ``key``.
+
+    The library is built here for the device's target, uploaded, loaded and timed remotely, one
+    session for the whole job (reconnected if it drops). A tracker that cannot be reached fails
+    at construction with one clear line.
+    """
+
+    def __init__(self, *, target: Any, host: str, port: int, key: str, cfg: EvalConfig | None = None,
+                 session_timeout_s: float = 60.0) -> None:
+        self.target = target
+        self.cfg = cfg or EvalConfig()
+        self.host, self.port, self.key = host, int(port), key
+        self.session_timeout_s = session_timeout_s
+        self._tmp = tempfile.mkdtemp(prefix="perfmodel-rpc-")
+        self._session = None
+        self.restarts = 0
+        self._connect()
+
+    def _connect(self) -> None:
+        from tvm import rpc
+
+        try:
+            tracker = rpc.connect_tracker(self.host, self.port)
+            self._session = tracker.request(self.key, priority=1, session_timeout=0)
+        except Exception as e:  # noqa: BLE001
+            raise ConnectionError(
+                f"RPC tracker {self.host}:{self.port} (key {self.key!r}) unreachable: {one_line(e)}") from None
+
+    def measure(self, items: Iterable[tuple[Any, Any]]) -> list[MeasureResult]:
+        return list(self.iter_measure(items))
+
+    def iter_measure(self, items: Iterable[tuple[Any, Any]]) -> Iterator[MeasureResult]:
+        import time
+
+        for mod, args_info in items:
+            res = MeasureResult(None)
+            t0 = time.perf_counter()
+            try:
+                path = build(mod, self.target, self._tmp)
+            except Exception as e:  # noqa: BLE001
+                res.error = f"build: {one_line(e)}"
+                yield res
+                continue
+            res.build_s = time.perf_counter() - t0
+            try:
+                res.run_secs = self._run(path, args_of(args_info))
+            except Exception as e:  # noqa: BLE001
+                res.error = f"run: {one_line(e)}"
+                self.restarts += 1
+                try:
+                    self._connect()
+                except ConnectionError:
+                    pass
+            finally:
+                os.remove(path)
+            yield res
+
+    def _run(self, path: str, args: list[tuple[list[int], str]]) -> list[float]:
+        import tvm
+
+        sess = self._session
+        name = os.path.basename(path)
+        sess.upload(path)
+        lib = sess.load_module(name)
+        dev = sess.cpu(0)
+        rng = np.random.default_rng(0)
+        tensors = [tvm.runtime.tensor(rng.uniform(-1, 1, size=s).astype(d) if "float" in d
+                                      else rng.integers(0, 8, size=s).astype(d), dev) for s, d in args]
+        f = lib.time_evaluator(lib.entry_name, dev, number=1, repeat=self.cfg.repeat,
+                               min_repeat_ms=self.cfg.min_repeat_ms)
+        out = [float(x) for x in f(*tensors).results]
+        sess.remove(name)
+        return out
+
+    def close(self) -> None:
+        self._session = None
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def __enter__(self) -> RPCMeasurer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+if __name__ == "__main__":
+    _runner_main()

@@ -1,0 +1,217 @@
+"""Registry of tuning tasks: TVM's single-operator suite plus Relax-extracted network tasks, by name.
+
+Names are stable: ``C2D-1`` is shape 1 of the Ansor suite's conv2d; ``resnet18-b8/fused_conv2d3_add_relu``
+is a task that Relax extracts from ResNet-18 at batch 8. Network tasks are extracted once and cached
+in ``perfmodel/data_files/network_tasks.json.gz`` (``perfmodel workloads --refresh`` redoes it), so
+listing the registry does not trace three PyTorch models every time.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import tvm
+
+TE_SUITE = ["C1D", "C2D", "C3D", "GMM", "GRP", "DIL", "DEP", "T2D", "CAP", "NRM", "SFM", "CBR", "TBG"]
+NETWORK_BATCHES = (1, 8)
+CACHE_FILE = Path(__file__).parent / "data_files" / "network_tasks.json.gz"
+DEFAULT_TARGET = {"kind": "llvm", "num-cores": 1}
+
+# Operator family of a TE suite code, used by the held-out-family split.
+_TE_FAMILY = {
+    "C1D": "conv", "C2D": "conv", "C3D": "conv", "GRP": "conv", "DIL": "conv", "DEP": "conv",
+    "T2D": "conv", "CAP": "conv", "CBR": "conv", "GMM": "matmul", "TBG": "matmul",
+    "NRM": "reduce", "SFM": "softmax",
+}
+
+
+class UnknownTaskError(KeyError):
+    """A task name that the registry does not hold."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class Task:
+    """One tuning task.
+
+    Attributes:
+        name: stable registry name.
+        source: ``te`` for the operator suite, else the network name (``resnet18``...).
+        family: operator family (``conv``, ``matmul``, ``elementwise``, ``reduce``, ``softmax``...).
+        flops: floating-point operations of one run, as TVM estimates them.
+        weight: how many times the task occurs in its network (1 for the TE suite).
+        batch: batch size of the network the task came from (``None`` for the TE suite).
+    """
+
+    name: str
+    source: str
+    family: str
+    flops: float
+    weight: int = 1
+    batch: int | None = None
+
+    @property
+    def mod(self) -> tvm.IRModule:
+        """The task's IRModule with a single ``main`` PrimFunc."""
+        return _load_mod(self.name)
+
+
+def family_of(op_name: str) -> str:
+    """Operator family of a Relax fused-task name (``fused_conv2d3_add_relu`` -> ``conv``)."""
+    n = op_name.lower()
+    for key, fam in [("conv", "conv"), ("matmul", "matmul"), ("dense", "matmul"), ("softmax", "softmax"),
+                     ("layer_norm", "reduce"), ("mean", "reduce"), ("sum", "reduce"), ("pool", "pool")]:
+        if key in n:
+            return fam
+    if re.search(r"reshape|transpose|squeeze|slice|broadcast|concat", n):
+        return "layout"
+    return "elementwise"
+
+
+def _te_mod(code: str, idx: int) -> tvm.IRModule:
+    import tvm
+    from tvm.s_tir.meta_schedule.testing import te_workload
+
+    return tvm.IRModule({"main": te_workload.create_te_workload(code, idx)})
+
+
+def _flops(mod: tvm.IRModule) -> float:
+    from tvm.s_tir.analysis import estimate_tir_flops
+
+    return float(estimate_tir_flops(mod))
+
+
+def _network_entries() -> list[dict]:
+    if not CACHE_FILE.exists():
+        refresh_network_cache()
+    with gzip.open(CACHE_FILE, "rt") as f:
+        return json.load(f)
+
+
+@functools.cache
+def _network_mods() -> dict[str, str]:
+    return {e["name"]: e["mod"] for e in _network_entries()}
+
+
+@functools.cache
+def _load_mod(name: str) -> tvm.IRModule:
+    import tvm
+
+    m = re.fullmatch(r"([A-Z0-9]+)-(\d+)", name)
+    if m and m.group(1) in TE_SUITE:
+        return _te_mod(m.group(1), int(m.group(2)))
+    mods = _network_mods()
+    if name not in mods:
+        raise UnknownTaskError(f"unknown task {name!r}: `perfmodel workloads` lists the registry")
+    return tvm.ir.load_json(mods[name])
+
+
+def extract_network_tasks(net: str, batch: int, target: dict | None = None) -> list[dict]:
+    """Trace a registry network with PyTorch, import it to Relax and extract its tuning tasks.
+
+    Returns:
+        One dict per task: ``name``, ``weight``, ``mod`` (TVM JSON of a one-PrimFunc IRModule).
+    """
+    import torch
+    import tvm
+    from tvm import relax
+    from tvm.relax.frontend.torch import from_exported_program
+    from tvm.s_tir import meta_schedule as ms
+
+    from perfmodel.networks import NETWORKS
+
+    cls, shape = NETWORKS[net]
+    torch.manual_seed(0)
+    model = cls().eval()
+    with torch.no_grad():
+        ep = torch.export.export(model, (torch.randn(batch, *shape),))
+    mod = from_exported_program(ep)
+    mod = tvm.transform.Sequential([
+        relax.transform.DecomposeOpsForInference(),
+        relax.transform.LegalizeOps(),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FoldConstant(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+    ])(mod)
+    tasks = ms.relax_integration.extract_tasks(mod, tvm.target.Target(target or DEFAULT_TARGET))
+    out = []
+    for t in sorted(tasks, key=lambda t: t.task_name):
+        func = t.dispatched[0]["main"].with_attr("global_symbol", "main")
+        out.append({"name": f"{net}-b{batch}/{t.task_name}", "weight": int(t.weight),
+                    "mod": tvm.ir.save_json(tvm.IRModule({"main": func}))})
+    return out
+
+
+def refresh_network_cache() -> Path:
+    """Re-extract every network at every batch size and rewrite the cache file."""
+    from perfmodel.networks import NETWORKS
+
+    entries = []
+    for net in NETWORKS:
+        for batch in NETWORK_BATCHES:
+            for e in extract_network_tasks(net, batch):
+                mod = _mod_from_json(e["mod"])
+                e.update(source=net, batch=batch, family=family_of(e["name"].split("/")[1]), flops=_flops(mod))
+                entries.append(e)
+    CACHE_FILE.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(CACHE_FILE, "wt") as f:
+        json.dump(entries, f)
+    _network_mods.cache_clear()
+    registry.cache_clear()
+    return CACHE_FILE
+
+
+def _mod_from_json(text: str) -> tvm.IRModule:
+    import tvm
+
+    return tvm.ir.load_json(text)
+
+
+@functools.cache
+def registry() -> dict[str, Task]:
+    """All tasks by name: the TE suite (every shape), then the network tasks."""
+    from tvm.s_tir.meta_schedule.testing import te_workload
+
+    tasks: dict[str, Task] = {}
+    for code in TE_SUITE:
+        for idx in range(len(te_workload.CONFIGS[code][1])):
+            name = f"{code}-{idx}"
+            tasks[name] = Task(name=name, source="te", family=_TE_FAMILY[code], flops=_flops(_te_mod(code, idx)))
+    for e in _network_entries():
+        tasks[e["name"]] = Task(name=e["name"], source=e["source"], family=e["family"], flops=e["flops"],
+                                weight=e["weight"], batch=e["batch"])
+    return tasks
+
+
+def get_task(name: str) -> Task:
+    """The registry task called ``name``; an unknown name raises :class:`UnknownTaskError`."""
+    tasks = registry()
+    if name not in tasks:
+        raise UnknownTaskError(f"unknown task {name!r}: `perfmodel workloads` lists the {len(tasks)} known tasks")
+    return tasks[name]
+
+
+def task_of_mod(mod: tvm.IRModule) -> str | None:
+    """Registry name of a workload IRModule (structural match), or ``None``."""
+    return _by_hash().get(_shash(mod))
+
+
+def _shash(mod: tvm.IRModule) -> int:
+    import tvm
+
+    return int(tvm.ir.structural_hash(mod))
+
+
+@functools.cache
+def _by_hash() -> dict[int, str]:
+    return {_shash(_load_mod(n)): n for n in registry()}
