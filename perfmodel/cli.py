@@ -51,6 +51,13 @@ def _cmd_collect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_card(args: argparse.Namespace) -> int:
+    from perfmodel.collect.card import render_card
+
+    print(render_card(args.db))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="perfmodel", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -60,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("collect", help="measure schedules into datasets/ (Hydra overrides follow)")
     p.add_argument("overrides", nargs="*", help="Hydra overrides of conf/collect.yaml, e.g. n_random=8")
     p.set_defaults(fn=_cmd_collect)
+    p = sub.add_parser("card", help="print the Markdown dataset card of a database directory")
+    p.add_argument("db", help="database directory, e.g. datasets/amd-epyc-t1")
+    p.set_defaults(fn=_cmd_card)
     for register in _EXTRA:
         register(sub)
     args = parser.parse_args(argv)
@@ -74,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
 
 # Subcommands registered by other modules (evaluate, tune, show...): functions taking the subparsers.
 _EXTRA: list[Any] = []
+from perfmodel.evaluate.cli import register as _register_evaluate  # noqa: E402
+_EXTRA.append(_register_evaluate)
+import perfmodel.show  # noqa: E402,F401  registers `perfmodel show`
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -207,9 +207,9 @@ def task_of_mod(mod: tvm.IRModule) -> str | None:
 
 
 def _shash(mod: tvm.IRModule) -> int:
-    import tvm
+    import tvm_ffi
 
-    return int(tvm.ir.structural_hash(mod))
+    return int(tvm_ffi.structural_hash(mod))
 
 
 @functools.cache

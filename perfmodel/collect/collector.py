@@ -179,7 +179,9 @@ class Collector:
     def _evolve(self, name: str, wl: int, space: TaskSpace, limit: int) -> None:
         recs = self._task_records(wl)
         seen = {r.key for r in recs}
-        evo = Evolution(space=space, measured=recs, db=self.db, max_trials=limit - len(recs), batch=self.cfg.batch)
+        # The search counts proposed candidates, duplicates of measured ones included: give it slack.
+        budget = 2 * (limit - len(recs)) + self.cfg.batch
+        evo = Evolution(space=space, measured=recs, db=self.db, max_trials=budget, batch=self.cfg.batch)
         try:
             while (need := limit - len(self._task_records(wl))) > 0:
                 cands = evo.propose()

@@ -1,0 +1,157 @@
+"""The collector on real TVM: a small collection, resume after kill -9, RPC on loopback, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from perfmodel.collect.collector import CollectConfig, collect
+from perfmodel.collect.database import RECORD_FILE, Database, DatabaseError
+
+pytestmark = pytest.mark.slow
+
+
+def _keys(db: Database) -> list[str]:
+    return [r.key for r in db.records]
+
+
+def test_small_collection_is_a_valid_metaschedule_database(tiny_db: Path) -> None:
+    db = Database.open(tiny_db)
+    assert len(db.workloads) == 2
+    per_wl = db.records_by_workload()
+    assert sorted(len(v) for v in per_wl.values()) == [24, 24]
+    assert len(set(_keys(db))) == len(db.records), "duplicate schedules"
+    ok = [r for r in db.records if r.ok]
+    assert len(ok) >= 40
+    assert all(len(r.run_secs) == 3 for r in ok), "every record keeps all 3 repeats"
+    # TVM's own JSONDatabase reads what we wrote, and a record replays to a runnable schedule.
+    from perfmodel._tvm import load_ms
+
+    ms = load_ms()
+    tvm_db = ms.database.JSONDatabase(work_dir=str(tiny_db))
+    recs = tvm_db.get_all_tuning_records()
+    assert len(recs) == len(db.records)
+    cand = recs[0].as_measure_candidate()
+    assert "main" in [gv.name_hint for gv in cand.sch.mod.get_global_vars()]
+
+
+def test_rerun_resumes_to_target_without_duplicates(tiny_db: Path, tmp_path: Path) -> None:
+    import shutil
+
+    work = tmp_path / "db"
+    shutil.copytree(tiny_db, work / "test")
+    before = Database.open(work / "test")
+    # Same targets: nothing to do.
+    out = collect(CollectConfig(out_dir=str(work), hardware="test", tasks=["GMM-0"], n_random=12, n_evolve=12,
+                                batch=6, progress=False))
+    assert out["GMM-0"]["records"] == 24
+    assert len(Database.open(work / "test").records) == len(before.records)
+    # Raise the target: it continues from what is there.
+    out = collect(CollectConfig(out_dir=str(work), hardware="test", tasks=["GMM-0"], n_random=12, n_evolve=18,
+                                batch=6, progress=False))
+    after = Database.open(work / "test")
+    assert out["GMM-0"]["records"] == 30
+    assert _keys(after)[: len(before.records)] == _keys(before), "earlier records untouched"
+    assert len(set(_keys(after))) == len(after.records)
+
+
+def test_kill_9_mid_collection_then_resume(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "perfmodel.cli", "collect", f"out_dir={tmp_path}", "hardware=k",
+           "tasks=[GMM-0]", "n_random=30", "n_evolve=0", "batch=3", "progress=false"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    rec_file = tmp_path / "k" / RECORD_FILE
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if rec_file.exists() and rec_file.read_text().count("\n") >= 6:
+            break
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed = Database.open(tmp_path / "k")
+    n_killed = len(killed.records)
+    assert 6 <= n_killed < 30
+    # A writer killed mid-line leaves a torn tail: simulate it, the resume must cut it off.
+    with open(rec_file, "a") as f:
+        f.write('[0, [[["GetSBlock"')
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
+    done = Database.open(tmp_path / "k")
+    assert len(done.records) == 30
+    assert _keys(done)[:n_killed] == _keys(killed), "nothing measured before the kill is lost"
+    assert len(set(_keys(done))) == 30, "no duplicates after resume"
+    assert not done.bad_lines
+
+
+def test_corrupt_line_is_named_counted_and_skipped(tiny_db: Path, tmp_path: Path) -> None:
+    import shutil
+
+    shutil.copytree(tiny_db, tmp_path / "t")
+    rec_file = tmp_path / "t" / RECORD_FILE
+    lines = rec_file.read_text().splitlines()
+    lines.insert(3, "{not json")
+    lines.insert(7, json.dumps([99, [[[], []], [1e-3]]]))
+    rec_file.write_text("\n".join(lines) + "\n")
+    with pytest.warns(UserWarning, match=r"database_tuning_record\.json:4: corrupt tuning record"):
+        db = Database.open(tmp_path / "t")
+    assert len(db.bad_lines) == 2
+    assert "out of range" in db.bad_lines[1] and ":8:" in db.bad_lines[1]
+    assert len(db.records) == len(lines) - 2
+    # A collection on top of it goes on and keeps the good records.
+    out = collect(CollectConfig(out_dir=str(tmp_path), hardware="t", tasks=["NRM-0"], n_random=12, n_evolve=14,
+                                batch=2, progress=False))
+    assert out["NRM-0"]["records"] == 26
+
+
+def test_bad_inputs_fail_with_one_clear_line(tmp_path: Path) -> None:
+    from perfmodel.cli import main
+
+    with pytest.raises(DatabaseError, match="not a MetaSchedule database"):
+        Database.open(tmp_path / "missing")
+    for args, text in [
+        (["collect", f"out_dir={tmp_path}", "tasks=[NOPE-9]"], "unknown task 'NOPE-9'"),
+        (["collect", f"out_dir={tmp_path}", "target={kind:nosuchkind}", "tasks=[GMM-0]"], "rejected by TVM"),
+        (["collect", f"out_dir={tmp_path}", "runner=rpc", "rpc.port=1", "tasks=[GMM-0]"], "RPC tracker 127.0.0.1:1"),
+    ]:
+        r = subprocess.run([sys.executable, "-m", "perfmodel.cli", *args], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2, r.stderr
+        last = r.stderr.strip().splitlines()[-1]
+        assert text in last and last.startswith("perfmodel collect: error:"), last
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_rpc_runner_on_loopback(tmp_path: Path) -> None:
+    port = _free_port()
+    env = dict(os.environ, TVM_NUM_THREADS="1")
+    tracker = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port",
+                                str(port), "--port-end", str(port + 1)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, env=env)
+    server = None
+    try:
+        time.sleep(2)
+        server = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_server", "--tracker", f"127.0.0.1:{port}",
+                                   "--key", "loop", "--host", "127.0.0.1", "--port", str(_free_port())],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        time.sleep(3)
+        out = collect(CollectConfig(out_dir=str(tmp_path), hardware="rpc", tasks=["GMM-0"], n_random=4, n_evolve=0,
+                                    batch=2, runner="rpc", rpc={"host": "127.0.0.1", "port": port, "key": "loop"},
+                                    progress=False))
+        assert out["GMM-0"] == {"records": 4, "valid": 4, "failed": 0}
+        db = Database.open(tmp_path / "rpc")
+        assert all(len(r.run_secs) == 3 and 0 < min(r.run_secs) < 1 for r in db.records)
+    finally:
+        for p in (server, tracker):
+            if p is not None:
+                p.kill()
+                p.wait()

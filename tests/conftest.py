@@ -1,0 +1,45 @@
+"""Shared fixtures: tiny real workloads (a 64x64 matmul) and a tiny real measured database."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+
+warnings.filterwarnings("ignore", category=FutureWarning)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def matmul_mod(n: int = 64):
+    """A ``n x n x n`` float32 matmul as a one-PrimFunc IRModule (TE -> TIR)."""
+    import tvm
+    from tvm import te
+
+    a = te.placeholder((n, n), name="A")
+    b = te.placeholder((n, n), name="B")
+    k = te.reduce_axis((0, n), name="k")
+    c = te.compute((n, n), lambda i, j: te.sum(a[i, k] * b[k, j], axis=k), name="C")
+    return tvm.IRModule({"main": te.create_prim_func([a, b, c])})
+
+
+@pytest.fixture(scope="session")
+def target():
+    import tvm
+
+    return tvm.target.Target({"kind": "llvm", "num-cores": 1})
+
+
+@pytest.fixture(scope="session")
+def tiny_db(tmp_path_factory) -> Path:
+    """A real database measured here: 12 random + 12 evolutionary records of GMM-0 and of NRM-0.
+
+    Returns the directory that holds ``database_workload.json`` / ``database_tuning_record.json``.
+    """
+    from perfmodel.collect.collector import CollectConfig, collect
+
+    out = tmp_path_factory.mktemp("tinydb")
+    collect(CollectConfig(out_dir=str(out), hardware="test", tasks=["GMM-0", "NRM-0"],
+                          n_random=12, n_evolve=12, batch=6, progress=False))
+    return out / "test"
