@@ -1,0 +1,1 @@
+"""Offline evaluation of cost models: metric functions, baselines, `perfmodel evaluate` / `check`."""

@@ -1,0 +1,118 @@
+"""Metric functions against hand-computed values (ties, single-record tasks, undefined cases)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from perfmodel.evaluate import metrics as M
+
+
+def test_perfect_and_reversed_ranking() -> None:
+    t = [1.0, 2.0, 3.0, 4.0]
+    assert M.kendall_tau(t, t) == pytest.approx(1.0)
+    assert M.spearman(t, t) == pytest.approx(1.0)
+    assert M.pairwise_acc(t, t) == 1.0
+    assert M.peak_k(t, t, 1) == 1.0
+    rev = t[::-1]
+    assert M.kendall_tau(rev, t) == pytest.approx(-1.0)
+    assert M.spearman(rev, t) == pytest.approx(-1.0)
+    assert M.pairwise_acc(rev, t) == 0.0
+    assert M.peak_k(rev, t, 1) == pytest.approx(1 / 4)  # picks the 4 s schedule, best is 1 s
+    assert M.peak_k(rev, t, 4) == 1.0
+
+
+def test_ties_in_prediction() -> None:
+    pred, true = [1.0, 1.0, 2.0], [1.0, 2.0, 3.0]
+    # pairs: (0,1) tied by the model -> 0.5, (0,2) and (1,2) right
+    assert M.pairwise_acc(pred, true) == pytest.approx(2.5 / 3)
+    # tau-b: C=2, D=0, one pair tied in pred only -> 2 / sqrt(3 * 2)
+    assert M.kendall_tau(pred, true) == pytest.approx(2 / math.sqrt(6))
+    # ranks [1.5, 1.5, 3] vs [1, 2, 3]: 1.5 / sqrt(1.5 * 2)
+    assert M.spearman(pred, true) == pytest.approx(1.5 / math.sqrt(3))
+
+
+def test_ties_in_truth_are_left_out_of_pairs() -> None:
+    pred, true = [1.0, 2.0, 3.0], [1.0, 1.0, 2.0]
+    assert M.pairwise_acc(pred, true) == 1.0  # the (0,1) pair has equal times: not counted
+    assert M.kendall_tau(pred, true) == pytest.approx(2 / math.sqrt(6))
+    assert math.isnan(M.pairwise_acc([1.0, 2.0], [3.0, 3.0]))  # no pair to judge
+
+
+def test_rank_metrics_match_scipy_with_many_ties() -> None:
+    rng = np.random.default_rng(0)
+    p = rng.integers(0, 6, 300).astype(float)
+    t = p + rng.integers(-3, 4, 300)
+    assert M.kendall_tau(p, t) == pytest.approx(stats.kendalltau(p, t).statistic)
+    assert M.spearman(p, t) == pytest.approx(stats.spearmanr(p, t).statistic)
+
+
+def test_pair_chunks_give_the_same_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(1)
+    p, t = rng.normal(size=101), rng.normal(size=101)
+    full = (M.pairwise_acc(p, t), M.kendall_tau(p, t))
+    monkeypatch.setattr(M, "_PAIR_CHUNK", 7)
+    assert (M.pairwise_acc(p, t), M.kendall_tau(p, t)) == pytest.approx(full)
+
+
+def test_peak_with_tied_predictions_is_the_expectation() -> None:
+    # the model ties the 2 s and the 1 s schedule for first place: half the time it picks 1 s
+    assert M.peak_k([0.0, 0.0, 1.0], [2.0, 1.0, 4.0], 1) == pytest.approx(0.5 * 1 + 0.5 * 0.5)
+    assert M.peak_k([0.0, 0.0, 1.0], [2.0, 1.0, 4.0], 2) == 1.0
+    const, t = [0.0] * 4, [1.0, 2.0, 3.0, 4.0]
+    assert M.peak_k(const, t, 1) == pytest.approx((1 + 1 / 2 + 1 / 3 + 1 / 4) / 4)
+    # 6 pairs: 3 hold the 1 s one, {2,3} and {2,4} give 1/2, {3,4} gives 1/3
+    assert M.peak_k(const, t, 2) == pytest.approx((3 + 0.5 + 0.5 + 1 / 3) / 6)
+    assert M.peak_k([5.0, 1.0], [1.0, 2.0], 5) == 1.0  # k above N uses every record
+    with pytest.raises(ValueError, match="k must be"):
+        M.peak_k([1.0], [1.0], 0)
+
+
+def test_absolute_errors() -> None:
+    assert M.mape([1.1, 0.8], [1.0, 1.0]) == pytest.approx(0.15)
+    assert M.rmse_log([0.0, 0.0], [3.0, 4.0]) == pytest.approx(math.sqrt(12.5))
+    assert M.r2([1.0, 2.0, 3.0], [1.0, 2.0, 3.0]) == 1.0
+    assert M.r2([2.0, 2.0, 2.0], [1.0, 2.0, 3.0]) == pytest.approx(0.0)
+    assert math.isnan(M.r2([1.0, 2.0], [5.0, 5.0]))
+    with pytest.raises(ValueError, match="must be > 0"):
+        M.mape([1.0], [0.0])
+    with pytest.raises(ValueError, match="2 values but truth has 3"):
+        M.rmse_log([1.0, 2.0], [1.0, 2.0, 3.0])
+
+
+def test_single_record_metrics_are_nan() -> None:
+    for f in (M.kendall_tau, M.spearman, M.pairwise_acc):
+        assert math.isnan(f([1.0], [1.0]))
+    assert M.peak_k([1.0], [2.0], 1) == 1.0
+
+
+def test_task_metrics_averages_over_tasks_and_reports_single_record_tasks() -> None:
+    true_log = np.log([1.0, 2.0, 4.0, 1.0, 2.0, 3.0])
+    # task a: perfect order, times off by x2 each; task b: reversed order; task c: one record
+    pred_log = np.r_[true_log[:3] + math.log(2.0), true_log[3:5][::-1], math.log(3.0)]
+    ids = ["a", "a", "a", "b", "b", "c"]
+    out = M.task_metrics(pred_log, true_log, ids)
+    assert out["n_tasks"] == 3 and out["n_records"] == 6 and out["n_tasks_ranked"] == 2
+    assert out["skipped_tasks"] == ["c"]
+    assert out["per_task"]["a"]["pairwise_acc"] == 1.0 and out["per_task"]["b"]["pairwise_acc"] == 0.0
+    assert math.isnan(out["per_task"]["c"]["kendall_tau"])
+    assert out["pairwise_acc"] == pytest.approx(0.5)  # (1 + 0) / 2: task c is not averaged in
+    assert out["kendall_tau"] == pytest.approx(0.0)
+    assert out["peak1"] == pytest.approx((1.0 + 0.5) / 2)
+    # mape per task: a = 1.0 (x2 everywhere), b = (1 + 0.5)/2, c = 0; averaged over the 3 tasks
+    assert out["mape"] == pytest.approx((1.0 + 0.75 + 0.0) / 3)
+    assert out["per_task"]["c"]["n"] == 1
+    assert set(M.METRICS) <= set(out)
+
+
+def test_task_metrics_weights_and_ranking_only_models() -> None:
+    true_log = np.log([1.0, 2.0, 1.0, 2.0])
+    score = np.array([0.0, 1.0, 1.0, 0.0])  # right on task 0, wrong on task 1
+    out = M.task_metrics(score, true_log, [0, 0, 1, 1], absolute=False, task_weights={0: 3.0, 1: 1.0})
+    assert out["pairwise_acc"] == pytest.approx(0.75)
+    assert all(math.isnan(out[k]) for k in M.ABSOLUTE)
+    with pytest.raises(ValueError, match="task_ids has 3 values"):
+        M.task_metrics(score, true_log, [0, 0, 1])
