@@ -40,6 +40,8 @@ class CollectConfig:
         rpc: ``host``, ``port``, ``key`` of the RPC tracker.
         eval: timing configuration.
         progress: show a progress bar.
+        max_duplicates: consecutive already-measured random samples after which a task's design
+            space counts as exhausted (small spaces, e.g. a reduction, hold only a few schedules).
     """
 
     out_dir: str = "datasets"
@@ -54,6 +56,7 @@ class CollectConfig:
     rpc: dict = field(default_factory=lambda: {"host": "127.0.0.1", "port": 9190, "key": "local"})
     eval: EvalConfig = field(default_factory=EvalConfig)
     progress: bool = True
+    max_duplicates: int = 400
 
 
 def hardware_slug(threads: int = 1) -> str:
@@ -162,11 +165,15 @@ class Collector:
         seen = {r.key for r in self._task_records(wl)}
         stream = space.random_stream()
         while (need := limit - len(self._task_records(wl))) > 0:
-            batch = []
+            batch, dups = [], 0
             for _, sch in stream:
                 key = trace_key(sch.trace.as_json())
                 if key in seen:
+                    dups += 1
+                    if dups > self.cfg.max_duplicates:
+                        break  # a small design space, sampled out
                     continue
+                dups = 0
                 seen.add(key)
                 batch.append(sch)
                 if len(batch) >= min(need, self.cfg.batch):

@@ -33,6 +33,8 @@ class EvalConfig:
         repeat: timings kept per record (each the mean over ``number`` runs).
         min_repeat_ms: ``number`` grows until one repeat lasts at least this long.
         timeout_s: a candidate whose timing takes longer is killed and counted as failed.
+        build_timeout_s: a build (LLVM codegen of a huge unrolled nest can take minutes) taking
+            longer is killed and counted as failed.
         threads: TVM runtime threads of the runner (``TVM_NUM_THREADS``).
     """
 
@@ -40,6 +42,7 @@ class EvalConfig:
     min_repeat_ms: int = 20
     timeout_s: float = 20.0
     threads: int = 1
+    build_timeout_s: float = 60.0
 
 
 @dataclass
@@ -111,62 +114,74 @@ def _time_module(path: str, args: list[tuple[list[int], str]], cfg: EvalConfig) 
     return [float(x) for x in f(*tensors).results]
 
 
-def _runner_main() -> None:
-    """Entry of the runner process: JSON jobs on stdin, one JSON answer line each on stdout."""
+def _worker_main(role: str) -> None:
+    """Entry of a worker process: JSON jobs on stdin, one JSON answer line each on stdout.
+
+    ``role`` is ``build`` (IRModule JSON -> exported library path) or ``run`` (library -> timings).
+    """
     out = sys.stdout
     sys.stdout = sys.stderr  # anything TVM prints must not corrupt the answer stream
+    if role == "build":
+        import tvm
+
+        from perfmodel._tvm import load_ms
+
+        load_ms()
     for line in sys.stdin:
         job = json.loads(line)
-        cfg = EvalConfig(**job["cfg"])
         try:
-            ans = {"ok": _time_module(job["path"], [tuple(a) for a in job["args"]], cfg)}
-        except Exception as e:  # noqa: BLE001  a failing kernel is a result, not a crash
+            if role == "build":
+                ans = {"ok": build(tvm.ir.load_json(job["mod"]), tvm.target.Target(job["target"]), job["dir"])}
+            else:
+                ans = {"ok": _time_module(job["path"], [tuple(a) for a in job["args"]], EvalConfig(**job["cfg"]))}
+        except Exception as e:  # noqa: BLE001  a failing build or kernel is a result, not a crash
             ans = {"error": one_line(e)}
         out.write(json.dumps(ans) + "\n")
         out.flush()
 
 
-class _Runner:
-    """One long-lived ``python -m perfmodel.collect.measure`` process; restarted when it dies."""
+class _Worker:
+    """One long-lived ``python -m perfmodel.collect.measure <role>`` process.
 
-    def __init__(self, cfg: EvalConfig) -> None:
-        self.cfg = cfg
+    Jobs go in one at a time; an answer that does not come within the timeout (an LLVM build that
+    never ends, a kernel that hangs) or a dead process (a crashing kernel) kills the worker, the job
+    is failed with the reason, and the next job starts a fresh process.
+    """
+
+    def __init__(self, role: str, threads: int) -> None:
+        self.role = role
+        self.threads = threads
         self.proc: subprocess.Popen | None = None
         self.restarts = 0
 
-    def _start(self) -> None:
-        env = dict(os.environ, TVM_NUM_THREADS=str(self.cfg.threads))
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "perfmodel.collect.measure"], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True, bufsize=1)
-
-    def submit(self, job: _Job) -> None:
+    def submit(self, payload: dict) -> None:
         if self.proc is None or self.proc.poll() is not None:
-            self._start()
-        assert self.proc is not None and self.proc.stdin is not None
+            env = dict(os.environ, TVM_NUM_THREADS=str(self.threads))
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "perfmodel.collect.measure", self.role], stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True, bufsize=1)
+        assert self.proc.stdin is not None
         try:
-            self.proc.stdin.write(json.dumps({"path": job.path, "args": job.args, "cfg": asdict(self.cfg)}) + "\n")
+            self.proc.stdin.write(json.dumps(payload) + "\n")
             self.proc.stdin.flush()
         except OSError:
-            pass  # collect() sees the dead process
+            pass  # answer() sees the dead process
 
-    def collect(self, job: _Job) -> None:
+    def answer(self, timeout_s: float) -> tuple[Any, str | None]:
+        """``(value, None)`` or ``(None, error message)`` of the job in flight."""
         assert self.proc is not None and self.proc.stdout is not None
-        ready, _, _ = select.select([self.proc.stdout], [], [], self.cfg.timeout_s)
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout_s)
         if ready:
             line = self.proc.stdout.readline()
             if line:
                 ans = json.loads(line)
-                if "ok" in ans:
-                    job.result.run_secs = ans["ok"]
-                else:
-                    job.result.error = f"run: {ans['error']}"
-                return
-            job.result.error = "run: runner process died (crashing kernel)"
+                return (ans["ok"], None) if "ok" in ans else (None, f"{self.role}: {ans['error']}")
+            err = f"{self.role}: worker process died" + (" (crashing kernel)" if self.role == "run" else "")
         else:
-            job.result.error = f"run: timed out after {self.cfg.timeout_s}s"
+            err = f"{self.role}: timed out after {timeout_s:g}s"
         self.kill()
         self.restarts += 1
+        return None, err
 
     def kill(self) -> None:
         if self.proc is not None:
@@ -186,7 +201,10 @@ class _Runner:
 
 
 class LocalMeasurer:
-    """Times candidates on this machine, pipelining the build of one with the run of the previous.
+    """Times candidates on this machine with two persistent workers, a builder and a runner.
+
+    The build of one candidate overlaps the timing of the previous one; neither worker is
+    restarted between batches, only when it dies or runs past its timeout.
 
     Args:
         target: a ``tvm.target.Target``.
@@ -196,8 +214,10 @@ class LocalMeasurer:
     def __init__(self, *, target: Any, cfg: EvalConfig | None = None) -> None:
         self.target = target
         self.cfg = cfg or EvalConfig()
-        self._runner = _Runner(self.cfg)
+        self._builder = _Worker("build", threads=1)
+        self._runner = _Worker("run", threads=self.cfg.threads)
         self._tmp = tempfile.mkdtemp(prefix="perfmodel-measure-")
+        self._target_json = json.dumps(_plain(target.export()))
 
     def measure(self, items: Iterable[tuple[Any, Any]]) -> list[MeasureResult]:
         """Time ``(scheduled IRModule, args_info)`` pairs; results come back in the same order."""
@@ -206,14 +226,16 @@ class LocalMeasurer:
     def iter_measure(self, items: Iterable[tuple[Any, Any]]) -> Iterator[MeasureResult]:
         import time
 
+        import tvm
+
         pending: _Job | None = None
         for mod, args_info in items:
             t0 = time.perf_counter()
             job = _Job(path=None, args=args_of(args_info))
-            try:
-                job.path = build(mod, self.target, self._tmp)
-            except Exception as e:  # noqa: BLE001  a failed build is a record, not a crash
-                job.result.error = f"build: {one_line(e)}"
+            self._builder.submit({"mod": tvm.ir.save_json(mod), "target": json.loads(self._target_json),
+                                  "dir": self._tmp})
+            job.path, err = self._builder.answer(self.cfg.build_timeout_s)
+            job.result.error = err
             job.result.build_s = time.perf_counter() - t0
             if pending is not None:
                 yield self._finish(pending)
@@ -221,13 +243,13 @@ class LocalMeasurer:
             if job.path is None:
                 yield job.result
                 continue
-            self._runner.submit(job)
+            self._runner.submit({"path": job.path, "args": job.args, "cfg": asdict(self.cfg)})
             pending = job
         if pending is not None:
             yield self._finish(pending)
 
     def _finish(self, job: _Job) -> MeasureResult:
-        self._runner.collect(job)
+        job.result.run_secs, job.result.error = self._runner.answer(self.cfg.timeout_s)
         if job.path:
             try:
                 os.remove(job.path)
@@ -237,10 +259,11 @@ class LocalMeasurer:
 
     @property
     def restarts(self) -> int:
-        return self._runner.restarts
+        return self._runner.restarts + self._builder.restarts
 
     def close(self) -> None:
         self._runner.close()
+        self._builder.close()
         shutil.rmtree(self._tmp, ignore_errors=True)
 
     def __enter__(self) -> LocalMeasurer:
@@ -248,6 +271,12 @@ class LocalMeasurer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _plain(obj: Any) -> Any:
+    from perfmodel.collect.sampler import to_py
+
+    return to_py(obj)
 
 
 class RPCMeasurer:
@@ -337,4 +366,4 @@ class RPCMeasurer:
 
 
 if __name__ == "__main__":
-    _runner_main()
+    _worker_main(sys.argv[1] if len(sys.argv) > 1 else "run")
