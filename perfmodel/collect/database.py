@@ -176,8 +176,11 @@ def _parse_record(n: int, text: str, n_workloads: int) -> RawRecord:
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """Numbered non-empty lines; an unterminated last line (a write in flight) is left out."""
     with open(path, encoding="utf-8", errors="replace") as f:
         for n, line in enumerate(f, 1):
+            if not line.endswith("\n"):
+                return
             line = line.strip()
             if line:
                 yield n, line
