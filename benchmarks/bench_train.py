@@ -1,6 +1,6 @@
 """Training speed of the default model on the shipped dataset: seconds per epoch and graphs per second.
 
-Usage: python benchmarks/bench_train.py [--epochs 3] [--threads 2] [hydra overrides of conf/train.yaml...]
+Usage: python benchmarks/bench_train.py [--epochs 3] [--threads 1] [hydra overrides of conf/train.yaml...]
 
 Times the hot loop only (forward, loss, backward, step over the train split, task-grouped batches),
 after one warm-up epoch; the dataset is opened from the cache (built the first time).
@@ -12,6 +12,7 @@ import argparse
 import json
 import time
 import warnings
+
 import torch
 
 

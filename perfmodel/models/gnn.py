@@ -1,0 +1,301 @@
+"""Stage-graph GNN cost models: one encoder base class, four convolutions, a readout and a head."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch_geometric.nn import GATv2Conv, GCNConv, GINEConv, SAGEConv
+from torch_geometric.nn.aggr import AttentionalAggregation, MaxAggregation, MeanAggregation, SumAggregation
+from torch_geometric.nn.resolver import activation_resolver, normalization_resolver
+
+READOUTS = ("sum", "mean", "max", "attention", "sum_mean")
+
+
+def _mlp(sizes: list[int], act: str, dropout: float = 0.0) -> nn.Sequential:
+    """Linear layers of the given widths with ``act`` (and dropout) between them, none after the last."""
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(activation_resolver(act))
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+    return nn.Sequential(*layers)
+
+
+class Readout(nn.Module):
+    """Pools node embeddings [N, H] into graph embeddings [B, H] (``sum_mean``: [B, 2H])."""
+
+    def __init__(self, *, kind: str, hidden: int) -> None:
+        super().__init__()
+        if kind not in READOUTS:
+            raise ValueError(f"readout must be one of {READOUTS}, got {kind!r}")
+        self.kind = kind
+        if kind == "attention":
+            self.pool: nn.Module = AttentionalAggregation(gate_nn=nn.Linear(hidden, 1))
+        elif kind == "mean":
+            self.pool = MeanAggregation()
+        elif kind == "max":
+            self.pool = MaxAggregation()
+        else:
+            self.pool = SumAggregation()
+        self.mean = MeanAggregation() if kind == "sum_mean" else None
+        self.out_dim = 2 * hidden if kind == "sum_mean" else hidden
+
+    def forward(self, h: Tensor, batch: Tensor, size: int) -> Tensor:
+        """Args: h [N, H] node embeddings; batch [N] graph of each node; size B graphs."""
+        out = self.pool(h, batch, dim_size=size)
+        if self.mean is not None:
+            out = torch.cat([out, self.mean(h, batch, dim_size=size)], dim=-1)
+        return out
+
+
+class CostGNN(nn.Module):
+    """Predicts the log run time (seconds) of a scheduled program from its stage graph.
+
+    The encoder embeds node features, runs ``num_layers`` graph convolutions (each followed by
+    norm, activation, dropout and a residual connection), pools the nodes with a readout, and
+    an MLP head maps the graph embedding plus the graph's standardized log FLOPs to a log time.
+    With ``flops_skip`` the head's output is added to ``a * log(flops) + b`` (a, b learned), so the
+    network only learns the efficiency left over by the operation count.
+
+    Subclasses only say which convolution they stack (``make_conv``), like PyG's ``BasicGNN``.
+
+    Args:
+        in_dim: node feature width F.
+        edge_dim: edge feature width Fe (0 = no edge features).
+        hidden: embedding width H.
+        num_layers: graph convolutions.
+        readout: one of ``READOUTS``.
+        head_layers: hidden layers of the head MLP.
+        dropout: dropout after each convolution and in the head.
+        act: activation name (PyG resolver, e.g. ``relu``, ``gelu``, ``silu``).
+        norm: normalization name for the convolutions (``layer_norm``, ``batch_norm``, ``graph_norm``) or None.
+        bidirectional: also pass messages consumer -> producer (edges reversed, one extra edge
+            feature says which direction).
+        use_flops: give the head the graph's standardized log FLOPs.
+        flops_skip: add a learned linear term in log FLOPs to the prediction.
+        conv_kwargs: extra keyword arguments of the convolution (e.g. ``heads`` for GAT).
+    """
+
+    conv_name = "base"
+    uses_edge_attr = False
+
+    def __init__(
+        self,
+        *,
+        in_dim: int,
+        edge_dim: int = 0,
+        hidden: int = 64,
+        num_layers: int = 3,
+        readout: str = "sum",
+        head_layers: int = 2,
+        dropout: float = 0.0,
+        act: str = "relu",
+        norm: str | None = "layer_norm",
+        bidirectional: bool = True,
+        use_flops: bool = True,
+        flops_skip: bool = True,
+        **conv_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        self.in_dim, self.edge_dim, self.hidden = in_dim, edge_dim, hidden
+        self.bidirectional, self.use_flops, self.flops_skip = bidirectional, use_flops, flops_skip
+        self.conv_kwargs = conv_kwargs
+        e_in = edge_dim + (1 if bidirectional else 0)
+        self.embed = nn.Sequential(nn.Linear(in_dim, hidden), activation_resolver(act))
+        self.edge_embed = nn.Linear(e_in, hidden) if (self.uses_edge_attr and e_in > 0) else None
+        self.convs = nn.ModuleList(self.make_conv(hidden, e_in) for _ in range(num_layers))
+        self.norms = nn.ModuleList(_norm(norm, hidden) for _ in range(num_layers))
+        self._norm_batch = [_takes_batch(n) for n in self.norms]
+        self.act = activation_resolver(act)
+        self.dropout = nn.Dropout(dropout)
+        self.readout = Readout(kind=readout, hidden=hidden)
+        head_in = self.readout.out_dim + (1 if use_flops else 0)
+        self.head = _mlp([head_in] + [hidden] * head_layers + [1], act, dropout)
+        self.skip = nn.Linear(1, 1) if flops_skip else None
+        # Standardization of log FLOPs; set from the training set by ``set_flops_stats``.
+        self.register_buffer("flops_mean", torch.tensor(0.0))
+        self.register_buffer("flops_std", torch.tensor(1.0))
+        if self.skip is not None:  # start from "time grows like FLOPs"
+            nn.init.zeros_(self.skip.weight)
+            nn.init.zeros_(self.skip.bias)
+
+    def make_conv(self, hidden: int, edge_dim: int) -> nn.Module:
+        """One graph convolution H -> H (edge features, when used, are already embedded to H)."""
+        raise NotImplementedError
+
+    def conv_forward(self, conv: nn.Module, h: Tensor, edge_index: Tensor, e: Tensor | None) -> Tensor:
+        """Calls one convolution; ``e`` is the (embedded) edge features or None."""
+        return conv(h, edge_index)
+
+    @torch.no_grad()
+    def set_flops_stats(self, log_flops: Tensor, log_secs: Tensor | None = None) -> None:
+        """Fits the log-FLOPs standardization to the training graphs, and starts the prediction
+        at the least-squares line ``log_secs ~ a * log FLOPs + b`` (or at their mean).
+
+        Args:
+            log_flops: natural log of each training graph's FLOPs, [B].
+            log_secs: their measured log seconds, [B] (None: leave the output layer as is).
+        """
+        log_flops = log_flops.double().reshape(-1)
+        self.flops_mean.fill_(float(log_flops.mean()))
+        self.flops_std.fill_(max(float(log_flops.std()) if log_flops.numel() > 1 else 1.0, 1e-3))
+        if log_secs is None:
+            return
+        y = log_secs.double().reshape(-1)
+        z = (log_flops - self.flops_mean.double()) / self.flops_std.double()
+        a = float((z * (y - y.mean())).sum() / (z * z).sum().clamp_min(1e-12)) if z.numel() > 1 else 0.0
+        b = float(y.mean())
+        last = self.head[-1]
+        if self.skip is not None:
+            self.skip.weight.fill_(a)
+            self.skip.bias.fill_(b)
+            last.bias.zero_()
+        else:
+            last.bias.fill_(b)
+
+    def log_flops(self, data: Any) -> Tensor:
+        """Standardized log FLOPs of each graph, [B]."""
+        flops = data.flops.reshape(-1).to(self.flops_mean.dtype)
+        return (torch.log(flops.clamp_min(1.0)) - self.flops_mean) / self.flops_std
+
+    def _edges(self, data: Any) -> tuple[Tensor, Tensor | None]:
+        ei = data.edge_index
+        ea = getattr(data, "edge_attr", None)
+        if ea is None or self.edge_dim == 0:
+            ea = ei.new_zeros((ei.size(1), 0), dtype=torch.float32)
+        if self.bidirectional:
+            fwd = torch.cat([ea, ea.new_zeros(ea.size(0), 1)], dim=1)
+            bwd = torch.cat([ea, ea.new_ones(ea.size(0), 1)], dim=1)
+            ei = torch.cat([ei, ei.flip(0)], dim=1)
+            ea = torch.cat([fwd, bwd], dim=0)
+        return ei, ea
+
+    def forward(self, data: Any) -> Tensor:
+        """Predicted log seconds [B] of a PyG ``Batch`` (fields x [N, F], edge_index [2, E],
+        edge_attr [E, Fe], batch [N], flops [B]); a single ``Data`` gives [1]."""
+        x = data.x
+        batch = getattr(data, "batch", None)
+        if batch is None:
+            batch = x.new_zeros(x.size(0), dtype=torch.long)
+        size = int(data.num_graphs) if hasattr(data, "num_graphs") else int(batch.max()) + 1
+        edge_index, ea = self._edges(data)
+        e = self.edge_embed(ea) if self.edge_embed is not None else ea
+        h = self.embed(x)
+        for conv, norm, nb in zip(self.convs, self.norms, self._norm_batch):
+            out = self.conv_forward(conv, h, edge_index, e)
+            out = norm(out, batch, size) if nb else norm(out)
+            h = h + self.dropout(self.act(out))
+        g = self.readout(h, batch, size)
+        lf = self.log_flops(data).to(g.dtype)
+        if self.use_flops:
+            g = torch.cat([g, lf[:, None]], dim=-1)
+        y = self.head(g).squeeze(-1)
+        if self.skip is not None:
+            y = y + self.skip(lf[:, None]).squeeze(-1)
+        return y
+
+
+def _norm(name: str | None, hidden: int) -> nn.Module:
+    # ``layer_norm`` is node-wise (torch's); other names go to PyG's resolver (batch_norm, graph_norm...).
+    if not name:
+        return nn.Identity()
+    if name == "layer_norm":
+        return nn.LayerNorm(hidden)
+    return normalization_resolver(name, hidden)
+
+
+def _takes_batch(norm: nn.Module) -> bool:
+    # PyG's graph-aware norms (GraphNorm, InstanceNorm...) take (x, batch, batch_size).
+    return "batch" in inspect.signature(norm.forward).parameters
+
+
+class GCN(CostGNN):
+    """Graph convolutions (Kipf & Welling) as in the graph-convolution cost model of Singh et al.
+
+    GCN weighs edges by a scalar only: with edge features, a learned sigmoid gate of them.
+    """
+
+    conv_name = "gcn"
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        e_in = self.edge_dim + (1 if self.bidirectional else 0)
+        self.edge_gate = nn.Linear(e_in, 1) if e_in > 0 else None
+
+    def make_conv(self, hidden: int, edge_dim: int) -> nn.Module:
+        return GCNConv(hidden, hidden, **self.conv_kwargs)
+
+    def conv_forward(self, conv: nn.Module, h: Tensor, edge_index: Tensor, e: Tensor | None) -> Tensor:
+        w = torch.sigmoid(self.edge_gate(e)).squeeze(-1) if (self.edge_gate is not None and e is not None) else None
+        return conv(h, edge_index, edge_weight=w)
+
+
+class SAGE(CostGNN):
+    """GraphSAGE convolutions (mean aggregation by default; no edge features)."""
+
+    conv_name = "sage"
+
+    def make_conv(self, hidden: int, edge_dim: int) -> nn.Module:
+        return SAGEConv(hidden, hidden, **self.conv_kwargs)
+
+
+class GINE(CostGNN):
+    """GIN convolutions with edge features (GINE, Hu et al.): MLP(h_i + sum_j relu(h_j + e_ij))."""
+
+    conv_name = "gin"
+    uses_edge_attr = True
+
+    def make_conv(self, hidden: int, edge_dim: int) -> nn.Module:
+        mlp = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, hidden))
+        return GINEConv(mlp, train_eps=True, edge_dim=hidden if edge_dim > 0 else None, **self.conv_kwargs)
+
+    def conv_forward(self, conv: nn.Module, h: Tensor, edge_index: Tensor, e: Tensor | None) -> Tensor:
+        if e is None or e.size(-1) == 0:
+            e = h.new_zeros(edge_index.size(1), h.size(-1))
+        return conv(h, edge_index, e)
+
+
+class GAT(CostGNN):
+    """Graph attention convolutions (GATv2) with edge features in the attention; heads averaged."""
+
+    conv_name = "gat"
+    uses_edge_attr = True
+
+    def make_conv(self, hidden: int, edge_dim: int) -> nn.Module:
+        kw = {"heads": 4, **self.conv_kwargs}
+        return GATv2Conv(hidden, hidden, concat=False, edge_dim=hidden if edge_dim > 0 else None, **kw)
+
+    def conv_forward(self, conv: nn.Module, h: Tensor, edge_index: Tensor, e: Tensor | None) -> Tensor:
+        if e is None or e.size(-1) == 0:
+            return conv(h, edge_index)
+        return conv(h, edge_index, edge_attr=e)
+
+
+MODELS: dict[str, type[CostGNN]] = {"gcn": GCN, "sage": SAGE, "gin": GINE, "gine": GINE, "gat": GAT}
+
+
+def build_model(config: dict[str, Any]) -> CostGNN:
+    """A model from a plain config dict: ``{"name": "gcn"|"sage"|"gin"|"gat", **CostGNN kwargs}``.
+
+    This is the form checkpoints store, so a checkpoint rebuilds its model without Hydra.
+    """
+    cfg = dict(config)
+    name = cfg.pop("name", None)
+    cfg.pop("_target_", None)
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; expected one of {sorted(MODELS)}")
+    return MODELS[name](**cfg)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Trainable parameters of ``model``."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+__all__ = ["CostGNN", "GCN", "SAGE", "GINE", "GAT", "MODELS", "READOUTS", "Readout", "build_model",
+           "count_parameters"]

@@ -1,0 +1,187 @@
+"""``train(cfg)``: data -> model -> Lightning fit -> test -> XGBoost baseline comparison -> metrics dict."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from perfmodel.training.datamodule import ScheduleDataModule
+from perfmodel.training.module import LOGGED, CostModelModule
+
+log = logging.getLogger(__name__)
+
+CKPT_FORMAT = 1  # version of the "perfmodel" block in checkpoints
+
+
+def model_config(cfg_model: DictConfig | dict[str, Any], *, in_dim: int, edge_dim: int) -> dict[str, Any]:
+    """The plain dict a checkpoint stores to rebuild the model (``build_model`` form)."""
+    from perfmodel.models import MODELS
+
+    c = OmegaConf.to_container(cfg_model, resolve=True) if isinstance(cfg_model, DictConfig) else dict(cfg_model)
+    target = c.pop("_target_", None)
+    name = c.pop("name", None)
+    if name is None:
+        cls = next((k for k, v in MODELS.items() if f"{v.__module__}.{v.__name__}" == target
+                    or target == f"perfmodel.models.{v.__name__}"), None)
+        if cls is None:
+            raise ValueError(f"model config needs `name` or a known `_target_` (got {target!r})")
+        name = cls
+    return {"name": name, "in_dim": in_dim, "edge_dim": edge_dim, **c}
+
+
+def build_module(cfg: DictConfig, dm: ScheduleDataModule) -> CostModelModule:
+    """The LightningModule for ``cfg`` on the (set up) data module, with its checkpoint metadata."""
+    from perfmodel.featurize.schema import SCHEMA_VERSION
+    from perfmodel.models import build_model
+
+    mcfg = model_config(cfg.model, in_dim=dm.num_node_features, edge_dim=dm.num_edge_features)
+    model = build_model(mcfg)
+    model.set_flops_stats(dm.train_log_flops(), dm.train_log_secs())
+    meta = {
+        "format": CKPT_FORMAT,
+        "schema_version": SCHEMA_VERSION,
+        "granularity": dm.granularity,
+        "model": mcfg,
+        "norm": dm.norm_state(),
+        "fingerprint": dm.fingerprint(),
+        "task_names": dm.task_names,
+        "split": {"kind": dm.split_kind, "seed": dm.split_seed, "n_train": int(len(dm.splits["train"])),
+                  "n_val": int(len(dm.splits["val"])), "n_test": int(len(dm.splits["test"]))},
+        "db_paths": dm.db_paths,
+    }
+    return CostModelModule(model=model, loss=instantiate(cfg.loss), optimizer=instantiate(cfg.optim),
+                           scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None, meta=meta)
+
+
+def _instantiate_all(group: DictConfig | None) -> list[Any]:
+    if not group:
+        return []
+    return [instantiate(c) for c in group.values() if c is not None and "_target_" in c]
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Trains the configured model, tests its best checkpoint and compares with TVM's XGBoost model.
+
+    Args:
+        cfg: the composed ``conf/train.yaml``.
+
+    Returns:
+        ``{"test/<metric>": value, ..., "xgb/<metric>": value, ..., "ckpt": best checkpoint path,
+        "n_train": .., "n_test": .., "seconds": ..}``.
+    """
+    t0 = time.perf_counter()
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    dm: ScheduleDataModule = instantiate(cfg.data)
+    dm.setup("fit")
+    log.info("data: %d train / %d val / %d test records, %d tasks", len(dm.splits["train"]),
+             len(dm.splits["val"]), len(dm.splits["test"]), len(np.unique(dm.task_ids)))
+    module = build_module(cfg, dm)
+    callbacks = _instantiate_all(cfg.get("callbacks"))
+    loggers = _instantiate_all(cfg.get("logger"))
+    if not loggers:  # nothing to log learning rates to
+        callbacks = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.LearningRateMonitor)]
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer.fit(module, datamodule=dm)
+
+    ckpt = _best_checkpoint(trainer)
+    out: dict[str, Any] = {}
+    if len(dm.splits["test"]) and cfg.get("test", True):
+        trainer.test(module, datamodule=dm, ckpt_path=ckpt or None, verbose=False)
+        m = module.last_metrics.get("test", {})
+        out.update({f"test/{k}": _num(m.get(k)) for k in LOGGED})
+        out["test/n_tasks"] = int(m.get("n_tasks", 0))
+    if cfg.get("baseline") and len(dm.splits["test"]) and trainer.is_global_zero:
+        try:
+            base = run_baseline(str(cfg.baseline), dm, seed=int(cfg.seed))
+            out.update({f"{cfg.baseline}/{k}": _num(base.get(k)) for k in LOGGED})
+        except (ImportError, NotImplementedError, ValueError) as e:
+            log.warning("baseline %s unavailable: %s", cfg.baseline, e)
+    out.update(ckpt=ckpt, n_train=int(len(dm.splits["train"])), n_test=int(len(dm.splits["test"])),
+               seconds=round(time.perf_counter() - t0, 1))
+    return out
+
+
+def run_baseline(name: str, dm: ScheduleDataModule, *, seed: int = 0) -> dict[str, Any]:
+    """Test metrics of baseline ``name`` (``xgb`` = TVM's XGBModel) fitted on the same train split."""
+    from perfmodel.training.baseline import xgb_test_metrics
+
+    if not hasattr(dm.dataset, "sources"):
+        raise NotImplementedError("the dataset has no raw records (synthetic?)")
+    return xgb_test_metrics(dm.dataset, dm.splits, name=name, seed=seed)
+
+
+def _best_checkpoint(trainer: L.Trainer) -> str:
+    cb = trainer.checkpoint_callback
+    if cb is None:
+        return ""
+    return str(cb.best_model_path or cb.last_model_path or "")
+
+
+def _num(v: Any) -> float | None:
+    if v is None:
+        return None
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def comparison_table(out: dict[str, Any], *, model: str, baseline: str | None) -> str:
+    """A text table of the test metrics of the model and the baseline, one row per metric."""
+    rows = [f"{'metric':14s} {model:>12s}" + (f" {baseline:>12s}" if baseline else "")]
+    for k in ("pairwise_acc", "kendall_tau", "spearman", "peak1", "peak5", "mape", "rmse_log", "r2"):
+        line = f"{k:14s} {_fmt(out.get(f'test/{k}')):>12s}"
+        if baseline:
+            line += f" {_fmt(out.get(f'{baseline}/{k}')):>12s}"
+        rows.append(line)
+    return "\n".join(rows)
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
+def compose_train(overrides: list[str] | tuple[str, ...] = (), *, output_dir: str | None = None) -> DictConfig:
+    """``conf/train.yaml`` composed outside ``@hydra.main`` (CLI, notebooks, tests).
+
+    ``paths.output_dir`` (which ``@hydra.main`` takes from Hydra's run dir) defaults to
+    ``<paths.log_dir>/<task_name>/<timestamp>``.
+    """
+    from hydra import compose, initialize_config_dir
+
+    conf = Path(__file__).resolve().parents[2] / "conf"
+    root = conf.parent
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"paths.root_dir={root}", *overrides])
+    if output_dir is None and not any(o.startswith("paths.output_dir=") for o in overrides):
+        output_dir = f"{cfg.paths.log_dir}/{cfg.task_name}/{time.strftime('%Y-%m-%d_%H-%M-%S')}"
+    if output_dir is not None:
+        cfg.paths.output_dir = str(output_dir)
+    return cfg
+
+
+def main(cfg: DictConfig) -> dict[str, Any]:
+    """What ``train.py`` runs: ``train(cfg)``, the comparison table, then one JSON line."""
+    out = train(cfg)
+    if rank_zero_only.rank != 0:  # data-parallel workers: only rank 0 reports
+        return out
+    name = str(cfg.model.get("name") or cfg.model.get("_target_", "model")).rsplit(".", 1)[-1]
+    print(f"\ntest split ({cfg.data.get('split', 'task')}): {out.get('n_test')} records, {out.get('test/n_tasks')} tasks; "
+          f"checkpoint {out.get('ckpt') or '-'}")
+    print(comparison_table(out, model=name, baseline=cfg.get("baseline") or None))
+    print(json.dumps(out))
+    return out
+
+
+__all__ = ["train", "main", "compose_train", "build_module", "model_config", "run_baseline", "comparison_table"]

@@ -1,0 +1,98 @@
+"""CostGNN variants: shapes, readouts, edge features, the log-FLOPs input, and overfitting."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch_geometric.data import Batch, Data
+
+from perfmodel.models import MODELS, READOUTS, build_model, count_parameters
+
+torch.set_num_threads(1)  # tiny graphs on a shared 2-core machine: more threads only contend
+
+
+def _graph(n: int, task: int, flops: float, *, f: int = 5, fe: int = 3) -> Data:
+    ei = torch.tensor([[i for i in range(n - 1)], [i + 1 for i in range(n - 1)]], dtype=torch.long)
+    return Data(x=torch.randn(n, f), edge_index=ei, edge_attr=torch.randn(n - 1, fe), y=torch.randn(1),
+                task=torch.tensor([task]), flops=torch.tensor([flops]))
+
+
+@pytest.fixture()
+def batch() -> Batch:
+    torch.manual_seed(0)
+    return Batch.from_data_list([_graph(3, 0, 1e6), _graph(1, 0, 1e6), _graph(4, 1, 1e9)])
+
+
+@pytest.mark.parametrize("name", ["gcn", "sage", "gin", "gat"])
+@pytest.mark.parametrize("readout", READOUTS)
+def test_forward_shape(name: str, readout: str, batch: Batch) -> None:
+    model = build_model({"name": name, "in_dim": 5, "edge_dim": 3, "hidden": 8, "readout": readout})
+    out = model(batch)
+    assert out.shape == (3,) and torch.isfinite(out).all()
+    out.sum().backward()
+    assert all(p.grad is not None for p in model.head.parameters())
+
+
+def test_single_graph_without_batch_vector() -> None:
+    model = build_model({"name": "gin", "in_dim": 5, "edge_dim": 3, "hidden": 8})
+    assert model(_graph(3, 0, 1e6)).shape == (1,)
+
+
+@pytest.mark.parametrize("name", ["gin", "gat", "gcn"])
+def test_edge_features_change_prediction(name: str, batch: Batch) -> None:
+    model = build_model({"name": name, "in_dim": 5, "edge_dim": 3, "hidden": 8}).eval()
+    other = batch.clone()
+    other.edge_attr = other.edge_attr + 3.0
+    assert not torch.allclose(model(batch), model(other))
+
+
+def test_sage_ignores_edge_features(batch: Batch) -> None:
+    model = build_model({"name": "sage", "in_dim": 5, "edge_dim": 3, "hidden": 8}).eval()
+    other = batch.clone()
+    other.edge_attr = other.edge_attr + 3.0
+    assert torch.allclose(model(batch), model(other))
+
+
+def test_flops_enter_the_prediction(batch: Batch) -> None:
+    model = build_model({"name": "gcn", "in_dim": 5, "edge_dim": 3, "hidden": 8}).eval()
+    model.set_flops_stats(torch.log(torch.tensor([1e6, 1e9])))
+    other = batch.clone()
+    other.flops = other.flops * 100
+    assert not torch.allclose(model(batch), model(other))
+
+
+def test_unknown_model_and_readout() -> None:
+    with pytest.raises(ValueError, match="unknown model 'mlp'"):
+        build_model({"name": "mlp", "in_dim": 5})
+    with pytest.raises(ValueError, match="readout must be one of"):
+        build_model({"name": "gcn", "in_dim": 5, "readout": "median"})
+
+
+@pytest.mark.parametrize("name", sorted(set(MODELS) - {"gine"}))
+def test_overfits_synthetic_graphs(name: str) -> None:
+    from perfmodel.training.synthetic import SyntheticDataset
+
+    torch.manual_seed(0)
+    ds = SyntheticDataset(n_tasks=4, per_task=8, seed=1)
+    b = Batch.from_data_list([ds[i] for i in range(len(ds))])
+    model = build_model({"name": name, "in_dim": 16, "edge_dim": 4, "hidden": 32})
+    model.set_flops_stats(torch.log(b.flops.double()))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    first = None
+    for _ in range(200):
+        loss = torch.nn.functional.mse_loss(model(b), b.y)
+        first = float(loss.detach()) if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(loss.detach()) < first / 10, (first, float(loss.detach()))
+    assert count_parameters(model) > 0
+
+
+def test_models_training_and_predictor_import_without_tvm() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, perfmodel.models, perfmodel.training, perfmodel.predictor; print('tvm' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -1,0 +1,96 @@
+"""train(cfg) end to end: synthetic graphs, the smoke preset on a tiny real database, overfitting real graphs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from perfmodel.predictor import Predictor
+from perfmodel.training import train
+
+torch.set_num_threads(1)  # tiny graphs on a shared 2-core machine: more threads only contend
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _cfg(tmp_path: Path, *overrides: str):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose(config_name="train", overrides=[
+            f"paths.root_dir={REPO}", f"paths.output_dir={tmp_path}", f"paths.log_dir={tmp_path}",
+            f"paths.cache_dir={tmp_path}/cache", "trainer.enable_progress_bar=false", "threads=1", *overrides])
+
+
+def test_train_on_synthetic_graphs(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path, "data=synthetic", "baseline=null", "trainer.max_epochs=4", "model.hidden=16")
+    out = train(cfg)
+    for k in ("test/pairwise_acc", "test/kendall_tau", "test/peak1", "test/peak5", "test/mape", "test/rmse_log"):
+        assert k in out
+    assert 0.0 <= out["test/pairwise_acc"] <= 1.0
+    assert Path(out["ckpt"]).is_file()
+    assert (tmp_path / "csv" / "metrics.csv").is_file()
+    header = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+    for k in ("train/rmse_log", "val/rmse_log", "val/mape", "val/kendall_tau", "val/pairwise_acc", "val/peak1"):
+        assert k in header
+    json.dumps(out)  # the last line train.py prints
+
+
+def test_same_seed_same_result(tmp_path: Path) -> None:
+    outs = [train(_cfg(tmp_path / str(i), "data=synthetic", "baseline=null", "trainer.max_epochs=2",
+                       "model.hidden=16", "callbacks=none", "logger=none")) for i in range(2)]
+    assert outs[0]["test/rmse_log"] == outs[1]["test/rmse_log"]
+
+
+def test_checkpoint_round_trip(tmp_path: Path) -> None:
+    from perfmodel.training.synthetic import SyntheticDataset
+
+    out = train(_cfg(tmp_path, "data=synthetic", "baseline=null", "trainer.max_epochs=2", "model=gat",
+                     "model.hidden=16", "logger=none"))
+    pred = Predictor.from_checkpoint(out["ckpt"])
+    ds = SyntheticDataset()  # the synthetic data module's dataset (same seed)
+    datas = [ds[i] for i in range(20)]
+    a = pred.predict_data(datas)
+    b = Predictor.from_checkpoint(pred.save(tmp_path / "copy.pt")).predict_data(datas)
+    assert a.shape == (20,) and np.allclose(a, b)
+    ck = torch.load(out["ckpt"], weights_only=True)
+    assert ck["perfmodel"]["model"]["name"] == "gat" and len(ck["perfmodel"]["fingerprint"]) == 64
+
+
+@pytest.mark.slow
+def test_smoke_preset_on_tiny_db(tiny_db: Path, tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path, "experiment=smoke", f"data.db_paths=[{tiny_db}]", "data.split=random",
+               "data.max_records=null", "baseline=xgb")
+    out = train(cfg)
+    assert Path(out["ckpt"]).is_file() and out["n_train"] > 20
+    assert 0.0 <= out["test/pairwise_acc"] <= 1.0
+    assert out["xgb/pairwise_acc"] is not None  # TVM's XGBModel trained on the same split
+    Predictor.from_checkpoint(out["ckpt"])  # real schema + FeatureNorm state load back
+
+
+@pytest.mark.slow
+def test_overfits_32_real_graphs(tiny_db: Path, tmp_path: Path) -> None:
+    from torch_geometric.data import Batch
+
+    from perfmodel.data import FeatureNorm, ScheduleDataset
+    from perfmodel.models import build_model
+
+    torch.manual_seed(0)
+    ds = ScheduleDataset(tmp_path / "ds", [tiny_db], progress=False)
+    datas = [ds[i] for i in np.random.default_rng(0).permutation(len(ds))[:32]]
+    norm = FeatureNorm.fit(datas)
+    b = norm.apply(Batch.from_data_list(datas))
+    model = build_model({"name": "gin", "in_dim": b.x.size(1), "edge_dim": b.edge_attr.size(1), "hidden": 64})
+    model.set_flops_stats(torch.log(b.flops.double()), b.y.double())  # starts at the FLOPs line
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(300):
+        loss = torch.nn.functional.mse_loss(model(b), b.y)
+        losses.append(float(loss.detach()))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert losses[-1] < losses[0] / 10, (losses[0], losses[-1])
