@@ -58,6 +58,14 @@ def _cmd_card(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from perfmodel.training import compose_train
+    from perfmodel.training import main as run
+
+    run(compose_train(args.overrides))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="perfmodel", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -70,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("card", help="print the Markdown dataset card of a database directory")
     p.add_argument("db", help="database directory, e.g. datasets/amd-epyc-t1")
     p.set_defaults(fn=_cmd_card)
+    p = sub.add_parser("train", help="train a cost model (same as `python train.py`; Hydra overrides follow)")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides of conf/train.yaml, e.g. model=sage")
+    p.set_defaults(fn=_cmd_train)
     for register in _EXTRA:
         register(sub)
     args = parser.parse_args(argv)
@@ -86,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
 _EXTRA: list[Any] = []
 from perfmodel.evaluate.cli import register as _register_evaluate  # noqa: E402
 _EXTRA.append(_register_evaluate)
+from perfmodel.tune import register as _register_tune  # noqa: E402
+_EXTRA.append(_register_tune)
 import perfmodel.show  # noqa: E402,F401  registers `perfmodel show`
 
 if __name__ == "__main__":
