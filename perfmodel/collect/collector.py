@@ -125,6 +125,7 @@ class Collector:
 
         goal = self.cfg.n_random + self.cfg.n_evolve
         wls = {t.name: self.db.add_workload(t.mod) for t in self.tasks}
+        self._names = {wl: n for n, wl in wls.items()}
         have = {n: len(self._task_records(wl)) for n, wl in wls.items()}
         todo = sum(max(0, goal - have[n]) for n in wls)
         self._bar = tqdm(total=todo, unit="rec", disable=not self.cfg.progress, smoothing=0.05,
@@ -184,11 +185,30 @@ class Collector:
             self._commit(name, wl, batch, results, space)
 
     def _evolve(self, name: str, wl: int, space: TaskSpace, limit: int) -> None:
+        """Evolutionary search up to ``limit`` records. TVM's search can fail in C++ on some tasks
+        (seen: replaying measured traces into its population); the task is then retried once without
+        seeding the search from measured records, then skipped with one warning, never crashing."""
+        import warnings
+
+        from perfmodel.collect.measure import one_line
+
+        for seeded in (True, False):
+            try:
+                self._evolve_once(wl, space, limit, seeded=seeded)
+                return
+            except Exception as e:  # noqa: BLE001
+                self.failures[(name, "search")] += 1
+                what = "retrying without measured seeds" if seeded else "skipping the task"
+                warnings.warn(f"evolutionary search of {name} failed ({one_line(e)}); {what}", stacklevel=2)
+
+    def _evolve_once(self, wl: int, space: TaskSpace, limit: int, *, seeded: bool) -> None:
         recs = self._task_records(wl)
         seen = {r.key for r in recs}
         # The search counts proposed candidates, duplicates of measured ones included: give it slack.
         budget = 2 * (limit - len(recs)) + self.cfg.batch
-        evo = Evolution(space=space, measured=recs, db=self.db, max_trials=budget, batch=self.cfg.batch)
+        evo = Evolution(space=space, measured=recs if seeded else [], db=self.db, max_trials=budget,
+                        batch=self.cfg.batch)
+        name = self._names[wl]
         try:
             while (need := limit - len(self._task_records(wl))) > 0:
                 cands = evo.propose()

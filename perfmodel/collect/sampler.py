@@ -146,4 +146,7 @@ class Evolution:
         self.strategy.notify_runner_results(candidates, results)
 
     def close(self) -> None:
-        self.strategy.post_tuning()
+        try:
+            self.strategy.post_tuning()
+        except Exception:  # noqa: BLE001  a search that failed mid-round may refuse to clean up
+            pass
