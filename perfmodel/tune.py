@@ -1,0 +1,190 @@
+"""`perfmodel tune`: tune a registry task or a whole network with MetaSchedule, guided by a chosen cost model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def register(sub: Any) -> None:
+    """Add the ``tune`` subcommand to ``perfmodel``'s subparsers."""
+    p = sub.add_parser("tune", help="tune a task or network with MetaSchedule and a cost model "
+                                    "(Hydra overrides of conf/tune.yaml follow)")
+    p.add_argument("overrides", nargs="*",
+                   help="e.g. task=GMM-0 cost_model=gnn trials=64 work_dir=runs/tune/gmm0, "
+                        "or network=bert_layer batch=1 trials=32")
+    p.set_defaults(fn=_cmd_tune)
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from perfmodel.cli import compose
+
+    out = tune(compose("tune", args.overrides))
+    print(json.dumps({k: out[k] for k in ("best_s", "trials", "work_dir", "plot", "cost_model_share")}))
+    return 0
+
+
+def resolve_tasks(cfg: Any) -> tuple[str, list[Any]]:
+    """The run's label and its ``TuneTask``s: the registry task ``cfg.task``, or every task of ``cfg.network``.
+
+    Raises:
+        KeyError: an unknown task (``UnknownTaskError``).
+        ValueError: an unknown network, or a network without tasks at that batch size.
+    """
+    from perfmodel import workloads
+    from perfmodel.tvm.search import TuneTask
+
+    if cfg.get("network"):
+        from perfmodel.networks import NETWORKS
+
+        net, batch = str(cfg.network), int(cfg.batch)
+        if net not in NETWORKS:
+            raise ValueError(f"unknown network {net!r}: choose from {', '.join(NETWORKS)}")
+        if batch in workloads.NETWORK_BATCHES:  # extracted once by workloads.extract_network_tasks, cached
+            tasks = [TuneTask(name=n, mod=workloads.get_task(n).mod, weight=float(t.weight))
+                     for n, t in workloads.registry().items() if t.source == net and t.batch == batch]
+        else:  # the same PyTorch -> Relax -> extract_tasks pipeline, run now
+            import tvm
+
+            tasks = [TuneTask(name=e["name"], mod=tvm.ir.load_json(e["mod"]), weight=float(e["weight"]))
+                     for e in workloads.extract_network_tasks(net, batch)]
+        if not tasks:
+            raise ValueError(f"network {net} at batch {batch} has no tuning tasks")
+        return f"{net}-b{batch}", tasks
+    name = str(cfg.task)
+    task = workloads.get_task(name)
+    return name, [TuneTask(name=name, mod=task.mod, weight=1.0)]
+
+
+def build_cost_model(cfg: Any) -> Any:
+    """The configured cost model, wrapped to be timed and guarded; checkpoint problems raise here.
+
+    Raises:
+        FileNotFoundError / CheckpointError: the GNN checkpoint is missing or does not fit.
+        ValueError: an unknown cost model name.
+    """
+    from perfmodel.tvm import make_cost_model
+
+    kind = str(cfg.cost_model)
+    if kind == "gnn":
+        g = cfg.gnn
+        return make_cost_model("gnn", checkpoint=cfg.get("checkpoint") or None, frozen=bool(g.frozen),
+                               update_every=int(g.update_every), steps=int(g.steps), lr=float(g.lr),
+                               threads=g.get("threads"))
+    return make_cost_model(kind, num_tuning_cores=int(cfg.get("xgb_threads") or _physical_cores()))
+
+
+def tune(cfg: Any) -> dict[str, Any]:
+    """Tunes the configured task or network and reports what it found.
+
+    Args:
+        cfg: the composed ``conf/tune.yaml``.
+
+    Returns:
+        ``best_s`` (best latency found: the task's, or the weighted network sum), ``tasks``
+        (best seconds per task), ``curve`` (best after each trial), ``trials``, ``tune_s``,
+        ``cost_model`` (its counters, e.g. ``predict_s``, ``predict_per_s``), ``cost_model_share``
+        (seconds inside predict + update / tuning seconds), ``work_dir``, ``plot``.
+    """
+    os.environ["TVM_NUM_THREADS"] = str(int(cfg.threads))  # before the runner's worker starts
+    label, tasks = resolve_tasks(cfg)
+    model = build_cost_model(cfg)  # a bad checkpoint fails here, before any tuning
+
+    import tvm
+
+    from perfmodel._tvm import load_ms
+    from perfmodel.tvm.search import best_curve, make_builder, make_contexts, make_runner, plot_curves
+
+    ms = load_ms()
+    # TVM sets its console handler to its logger's level when it configures logging: WARNING keeps the
+    # per-round task tables out of the console (they still go to work_dir/logs)
+    logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.DEBUG if cfg.get("verbose") else logging.WARNING)
+    work_dir = Path(cfg.work_dir or REPO / "runs" / "tune" / f"{label.replace('/', '__')}-{cfg.cost_model}-{cfg.trials}")
+    work_dir.mkdir(parents=True, exist_ok=True)
+    target = tvm.target.Target(dict(cfg.target))
+    ev = cfg.eval
+    ctxs = make_contexts(tasks, target=target, work_dir=work_dir, seed=int(cfg.seed), population=int(cfg.population))
+    print(f"tuning {label} ({len(tasks)} task{'s' if len(tasks) > 1 else ''}) with cost model {cfg.cost_model}, "
+          f"{cfg.trials} trials -> {work_dir}", flush=True)
+    n_before = _n_records(work_dir)
+    if n_before:
+        print(f"note: {work_dir} already holds {n_before} records; the search starts from them, and the curve "
+              "and best latency below count only this run's trials", flush=True)
+    builder = make_builder(str(cfg.get("builder", "persistent")), timeout_s=float(cfg.build_timeout_s))
+    runner = make_runner(number=int(ev.number), repeat=int(ev.repeat), min_repeat_ms=int(ev.min_repeat_ms),
+                         timeout_s=float(ev.timeout_s))
+    t0 = time.perf_counter()
+    try:
+        ms.tune_tasks(
+            tasks=ctxs, task_weights=[t.weight for t in tasks], work_dir=str(work_dir),
+            max_trials_global=int(cfg.trials), max_trials_per_task=cfg.get("max_trials_per_task") or None,
+            num_trials_per_iter=int(cfg.trials_per_iter), builder=builder, runner=runner, database="json",
+            cost_model=model, task_scheduler="gradient" if len(tasks) > 1 else "round-robin",
+        )
+    finally:
+        tune_s = time.perf_counter() - t0
+        for pool in (getattr(builder, "pool", None), getattr(runner, "pool", None)):
+            if pool is not None:  # stop the worker processes now, not at garbage collection
+                pool.shutdown(wait=False)
+    curve, best = best_curve(work_dir, tasks, start=n_before)
+    stats = model.stats
+    out: dict[str, Any] = {
+        "label": label, "cost_model_name": str(cfg.cost_model), "best_s": _fin(curve[-1] if curve else math.inf),
+        "tasks": {k: _fin(v) for k, v in best.items()}, "curve": [_fin(v) for v in curve], "trials": len(curve),
+        "tune_s": round(tune_s, 2), "cost_model": stats.as_dict(),
+        "cost_model_share": round(stats.model_s / tune_s, 4) if tune_s > 0 else None,
+        "work_dir": str(work_dir), "plot": None,
+    }
+    inner = getattr(model, "inner", None)
+    if inner is not None and hasattr(inner, "stats"):  # the GNN's own counters (fallbacks, fine-tuning)
+        out["gnn"] = inner.stats.as_dict()
+    if cfg.get("plot", True) and curve:
+        out["plot"] = str(plot_curves({str(cfg.cost_model): curve}, work_dir / "best_latency.png",
+                                      title=f"{label}: best latency vs trials"))
+    (work_dir / "tune_summary.json").write_text(json.dumps(out, indent=1))
+    _print_summary(out)
+    return out
+
+
+def _print_summary(out: dict[str, Any]) -> None:
+    best = out["best_s"]
+    print(f"\n{out['label']}: best latency {best * 1e3:.4f} ms after {out['trials']} trials" if best is not None
+          else f"\n{out['label']}: no valid measurement in {out['trials']} trials")
+    if len(out["tasks"]) > 1:
+        for name, s in out["tasks"].items():
+            print(f"  {name:70s} {'-' if s is None else f'{s * 1e3:.4f} ms'}")
+    s = out["cost_model"]
+    print(f"tuning {out['tune_s']:.1f} s, of which cost model {s['model_s']:.1f} s "
+          f"({100 * (out['cost_model_share'] or 0):.1f}%: predict {s['predict_s']:.1f} s for {s['scored']} candidates "
+          f"= {s['predict_per_s']:.0f}/s, update {s['update_s']:.1f} s)")
+    if "gnn" in out and (out["gnn"]["fallback"] or out["gnn"]["errors"]):
+        print(f"GNN: {out['gnn']['fallback']} candidates got the fallback score, {out['gnn']['errors']} errors")
+    if out["plot"]:
+        print(f"plot: {out['plot']}")
+
+
+def _n_records(work_dir: Path) -> int:
+    from perfmodel.collect.database import RECORD_FILE, Database
+
+    return len(Database.open(work_dir).records) if (work_dir / RECORD_FILE).is_file() else 0
+
+
+def _fin(v: float) -> float | None:
+    return float(v) if math.isfinite(v) else None
+
+
+def _physical_cores() -> int:
+    try:
+        import psutil
+
+        return int(psutil.cpu_count(logical=False) or 1)
+    except ImportError:
+        return os.cpu_count() or 1

@@ -1,0 +1,6 @@
+"""MetaSchedule plugin: the stage-graph GNN as a ``PyCostModel``, plus a timing/guard wrapper for any cost model."""
+
+from perfmodel.tvm.cost_model import DEFAULT_CHECKPOINT, GNNCostModel, make_cost_model
+from perfmodel.tvm.timed import TimedCostModel
+
+__all__ = ["DEFAULT_CHECKPOINT", "GNNCostModel", "TimedCostModel", "make_cost_model"]

@@ -1,0 +1,118 @@
+"""Counters of a cost model's work, and a wrapper that times (and guards) any MetaSchedule cost model."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from tvm.ir.utils import derived_object
+
+from perfmodel._tvm import load_ms
+
+ms = load_ms()
+log = logging.getLogger("perfmodel.tvm")
+
+
+@dataclass
+class CostModelStats:
+    """What a cost model did during a search.
+
+    Attributes:
+        predict_calls: calls of ``predict``.
+        scored: candidates scored by ``predict`` (featurization included in ``predict_s``).
+        predict_s: wall seconds inside ``predict``.
+        update_calls: calls of ``update``.
+        updated: measured candidates passed to ``update``.
+        update_s: wall seconds inside ``update`` (fine-tuning / retraining included).
+        fine_tune_steps: optimizer steps of online fine-tuning (GNN only).
+        fallback: candidates that got the fallback score (featurization or prediction failed / NaN).
+        errors: calls in which the model raised and the guard took over.
+    """
+
+    predict_calls: int = 0
+    scored: int = 0
+    predict_s: float = 0.0
+    update_calls: int = 0
+    updated: int = 0
+    update_s: float = 0.0
+    fine_tune_steps: int = 0
+    fallback: int = 0
+    errors: int = 0
+
+    @property
+    def model_s(self) -> float:
+        """Seconds inside ``predict`` + ``update``."""
+        return self.predict_s + self.update_s
+
+    @property
+    def predict_per_s(self) -> float:
+        """Candidates scored per second of ``predict``."""
+        return self.scored / self.predict_s if self.predict_s > 0 else 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return {**asdict(self), "model_s": self.model_s, "predict_per_s": self.predict_per_s}
+
+
+@derived_object
+class TimedCostModel(ms.cost_model.PyCostModel):
+    """Delegates to another cost model (``"xgb"``, ``"random"``, an instance...) and counts its time.
+
+    It also keeps the search alive: if the wrapped model raises in ``predict`` every candidate gets
+    score 0 (and in ``update`` the batch is dropped); one warning, then only ``stats.errors`` grows.
+    This makes e.g. TVM's untrained ``MLPModel`` usable on a single task (its first ``update``
+    raises with fewer than 5 workloads).
+
+    Args:
+        inner: the cost model, or a kind for ``ms.cost_model.CostModel.create``.
+        **create_kwargs: passed to ``CostModel.create`` when ``inner`` is a kind.
+    """
+
+    def __init__(self, *, inner: Any, **create_kwargs: Any) -> None:
+        super().__init__()
+        if isinstance(inner, str):
+            inner = ms.cost_model.CostModel.create(inner, **create_kwargs)
+        self.inner = inner
+        self.stats = CostModelStats()
+        self._warned = False
+
+    def load(self, path: str) -> None:
+        self.inner.load(path)
+
+    def save(self, path: str) -> None:
+        self.inner.save(path)
+
+    def update(self, context: Any, candidates: list[Any], results: list[Any]) -> None:
+        t0 = time.perf_counter()
+        try:
+            self.inner.update(context, candidates, results)
+        except Exception as e:  # noqa: BLE001  never break the search
+            self._guard("update", e)
+        finally:
+            self.stats.update_calls += 1
+            self.stats.updated += len(candidates)
+            self.stats.update_s += time.perf_counter() - t0
+
+    def predict(self, context: Any, candidates: list[Any]) -> np.ndarray:
+        t0 = time.perf_counter()
+        try:
+            out = np.asarray(self.inner.predict(context, candidates), dtype="float64")
+            if out.shape != (len(candidates),):
+                raise ValueError(f"predict returned shape {out.shape} for {len(candidates)} candidates")
+        except Exception as e:  # noqa: BLE001
+            self._guard("predict", e)
+            out = np.zeros(len(candidates), dtype="float64")
+        finally:
+            self.stats.predict_calls += 1
+            self.stats.scored += len(candidates)
+            self.stats.predict_s += time.perf_counter() - t0
+        return out
+
+    def _guard(self, where: str, e: Exception) -> None:
+        self.stats.errors += 1
+        if not self._warned:
+            self._warned = True
+            log.warning("cost model %s raised in %s (%s: %s); the search goes on (counted in stats.errors)",
+                        type(self.inner).__name__, where, type(e).__name__, str(e).splitlines()[0] if str(e) else "")

@@ -1,0 +1,227 @@
+"""GNNCostModel held to MetaSchedule's cost-model contract on a real 64x64 matmul, and inside tune_tir."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from perfmodel._tvm import load_ms
+from perfmodel.predictor import CheckpointError, Predictor
+from perfmodel.tvm import DEFAULT_CHECKPOINT, GNNCostModel, TimedCostModel, make_cost_model
+
+torch.set_num_threads(1)  # tiny graphs on a shared 2-core machine: more threads only contend
+ms = load_ms()
+
+
+def make_checkpoint(path: Path, *, hidden: int = 16, seed: int = 0, in_dim: int | None = None) -> Path:
+    """An untrained network of the featurizer's real widths, saved in the checkpoint layout."""
+    from perfmodel.featurize.schema import EDGE_FEATURES, NODE_FEATURES, SCHEMA_VERSION
+    from perfmodel.models import build_model
+
+    torch.manual_seed(seed)
+    cfg = {"name": "gin", "in_dim": in_dim or len(NODE_FEATURES), "edge_dim": len(EDGE_FEATURES), "hidden": hidden}
+    meta = {"model": cfg, "schema_version": SCHEMA_VERSION, "norm": None, "granularity": "stage"}
+    return Predictor(model=build_model(cfg), meta=meta).save(path)
+
+
+@pytest.fixture(scope="module")
+def gnn_ckpt(tmp_path_factory) -> Path:
+    """The shipped checkpoint once it exists; until then a small untrained one of the same layout."""
+    if DEFAULT_CHECKPOINT.is_file():
+        return DEFAULT_CHECKPOINT
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.ckpt")
+
+
+@pytest.fixture(scope="module")
+def space(target):
+    """The design space of a 64x64x64 matmul (``.ctx`` is its TuneContext)."""
+    from conftest import matmul_mod
+
+    from perfmodel.collect.sampler import TaskSpace
+
+    return TaskSpace(mod=matmul_mod(), target=target)
+
+
+@pytest.fixture(scope="module")
+def candidates(space) -> list:
+    """16 random valid schedules of the matmul as MeasureCandidates."""
+    schs = [s for _, s in zip(range(16), (s for _, s in space.random_stream()))]
+    return [ms.MeasureCandidate(s, space.args_info) for s in schs]
+
+
+def _results(n: int, *, failed: tuple[int, ...] = ()) -> list:
+    """Runner results: distinct times (3 repeats each), and failures where asked (error / 1e10)."""
+    out = []
+    for i in range(n):
+        if i in failed:
+            out.append(ms.runner.RunnerResult(None, "build failed") if i % 2 else ms.runner.RunnerResult([1e10], None))
+        else:
+            t = 1e-5 * (1 + (7 * i) % n)
+            out.append(ms.runner.RunnerResult([t, t * 1.01, t * 0.99], None))
+    return out
+
+
+def test_is_a_tvm_cost_model(gnn_ckpt: Path) -> None:
+    model = GNNCostModel.from_checkpoint(gnn_ckpt)
+    assert isinstance(model, ms.cost_model.CostModel)  # what tune_tir accepts as an instance
+
+
+def test_predict_float64_one_score_per_candidate(gnn_ckpt: Path, space, candidates: list) -> None:
+    model = GNNCostModel.from_checkpoint(gnn_ckpt)
+    out = model.predict(space.ctx, candidates)  # through TVM's C++ CostModel::Predict
+    assert isinstance(out, np.ndarray) and out.dtype == np.float64 and out.shape == (len(candidates),)
+    assert np.isfinite(out).all() and (out > 0).all()
+    assert len(np.unique(out)) > 1  # different schedules, different scores
+    assert np.array_equal(out, model.predict(space.ctx, candidates))  # deterministic, stateless
+    assert model._inst.predict(space.ctx, []).shape == (0,)  # (TVM's own wrapper cannot pass 0 candidates)
+    assert model.stats.scored == 2 * len(candidates) and model.stats.fallback == 0
+
+
+def test_higher_score_is_lower_predicted_time(gnn_ckpt: Path, space, candidates: list) -> None:
+    model = GNNCostModel.from_checkpoint(gnn_ckpt)
+    scores = model.predict(space.ctx, candidates)
+    log_t = Predictor.from_checkpoint(gnn_ckpt).predict_schedules([c.sch for c in candidates], flops=2 * 64**3)
+    assert np.allclose(np.log(scores), np.log(2 * 64**3 / 1e9) - log_t, atol=1e-5)  # predicted GFLOP/s
+
+
+def test_save_load_round_trip(gnn_ckpt: Path, space, candidates: list, tmp_path: Path) -> None:
+    a = GNNCostModel.from_checkpoint(gnn_ckpt, steps=5, lr=1e-2)
+    a.update(space.ctx, candidates, _results(len(candidates)))  # fine-tuned weights must survive too
+    a.save(str(tmp_path / "m.ckpt"))
+    b = GNNCostModel.from_checkpoint(gnn_ckpt)
+    b.load(str(tmp_path / "m.ckpt"))
+    assert np.array_equal(a.predict(space.ctx, candidates), b.predict(space.ctx, candidates))
+    c = GNNCostModel.from_checkpoint(tmp_path / "m.ckpt")
+    assert np.array_equal(a.predict(space.ctx, candidates), c.predict(space.ctx, candidates))
+
+
+def test_update_fine_tunes_on_measured_results(gnn_ckpt: Path, space, candidates: list) -> None:
+    model = GNNCostModel.from_checkpoint(gnn_ckpt, steps=30, lr=1e-2)
+    before = model.predict(space.ctx, candidates)
+    results = _results(len(candidates), failed=(2, 3))
+    model.update(space.ctx, candidates, results)  # through TVM's C++ CostModel::Update
+    after = model.predict(space.ctx, candidates)
+    assert not np.allclose(before, after)
+    assert model.stats.update_calls == 1 and model.stats.fine_tune_steps == 30
+    assert len(model._ys) == len(candidates) - 2  # the two failures are not trained on
+    assert model._tasks and next(iter(model._tasks.values()))["best"] == pytest.approx(1e-5)
+    # the fitted model ranks the measured candidates better than before (the measured order is learnable)
+    secs = np.array([float(np.median([float(s) for s in r.run_secs or [1e10]])) for r in results])
+    ok = secs < 1e9
+    def corr(s: np.ndarray) -> float:
+        return float(np.corrcoef(np.argsort(np.argsort(-s[ok])), np.argsort(np.argsort(secs[ok])))[0, 1])
+    assert corr(after) > corr(before)
+
+
+def test_frozen_and_update_every(gnn_ckpt: Path, space, candidates: list) -> None:
+    frozen = GNNCostModel.from_checkpoint(gnn_ckpt, frozen=True)
+    before = frozen.predict(space.ctx, candidates)
+    frozen.update(space.ctx, candidates, _results(len(candidates)))
+    assert np.array_equal(before, frozen.predict(space.ctx, candidates)) and frozen.stats.fine_tune_steps == 0
+    every2 = GNNCostModel.from_checkpoint(gnn_ckpt, update_every=2, steps=3)
+    for _ in range(4):
+        every2.update(space.ctx, candidates[:8], _results(8))
+    assert every2.stats.update_calls == 4 and every2.stats.fine_tune_steps == 6
+
+
+class _FailsOn(Predictor):
+    """A predictor whose featurizer raises on one chosen schedule (as a featurizer bug would)."""
+
+    bad_hash: int = 0
+
+    def featurize(self, schs, *, flops=None):
+        import tvm_ffi
+
+        if any(int(tvm_ffi.structural_hash(s.mod)) == self.bad_hash for s in schs):
+            raise RuntimeError("unsupported construct in block C")
+        return super().featurize(schs, flops=flops)
+
+
+def test_a_failing_candidate_gets_the_fallback(gnn_ckpt: Path, space, candidates: list, caplog) -> None:
+    import tvm_ffi
+
+    good = Predictor.from_checkpoint(gnn_ckpt)
+    flaky = _FailsOn(model=good.copy().model, meta=good.meta)
+    flaky.bad_hash = int(tvm_ffi.structural_hash(candidates[3].sch.mod))
+    ref = GNNCostModel(predictor=good).predict(space.ctx, candidates)
+    model = GNNCostModel(predictor=flaky, fallback=-1.0)
+    with caplog.at_level(logging.WARNING, logger="perfmodel.tvm"):
+        out = model.predict(space.ctx, candidates)
+        model.predict(space.ctx, candidates)
+    assert out[3] == -1.0 and model.stats.fallback == 2
+    keep = np.arange(len(candidates)) != 3
+    assert np.allclose(out[keep], ref[keep])
+    assert len([r for r in caplog.records if r.name == "perfmodel.tvm"]) == 1  # one warning, then counted
+    model.update(space.ctx, candidates, _results(len(candidates)))  # the search goes on
+    assert model.stats.update_calls == 1
+
+
+def test_nan_predictions_get_the_fallback(gnn_ckpt: Path, space, candidates: list) -> None:
+    pred = Predictor.from_checkpoint(gnn_ckpt)
+    with torch.no_grad():
+        for p in pred.model.parameters():
+            p.fill_(float("nan"))
+    model = GNNCostModel(predictor=pred)
+    out = model.predict(space.ctx, candidates)
+    assert out.dtype == np.float64 and (out == 0.0).all() and model.stats.fallback == len(candidates)
+
+
+def test_bad_checkpoints_give_one_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        GNNCostModel.from_checkpoint(tmp_path / "missing.ckpt")
+    (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError) as e:
+        GNNCostModel.from_checkpoint(tmp_path / "junk.ckpt")
+    assert "junk.ckpt" in str(e.value) and "\n" not in str(e.value)
+    wrong = make_checkpoint(tmp_path / "wrong.ckpt", in_dim=3)
+    with pytest.raises(CheckpointError, match="in_dim=3"):
+        GNNCostModel.from_checkpoint(wrong)
+
+
+def test_timed_wrapper_counts_and_guards(gnn_ckpt: Path, space, candidates: list) -> None:
+    timed = make_cost_model("gnn", checkpoint=gnn_ckpt, frozen=True)
+    assert isinstance(timed, TimedCostModel)
+    timed.predict(space.ctx, candidates)
+    timed.update(space.ctx, candidates, _results(len(candidates)))
+    s = timed.stats
+    assert s.scored == len(candidates) and s.predict_s > 0 and s.update_calls == 1 and s.predict_per_s > 0
+    mlp = TimedCostModel(inner="mlp")  # TVM's untrained MLP raises on its first update of one task
+    mlp.update(space.ctx, candidates, _results(len(candidates)))
+    assert mlp.stats.errors == 1
+    assert mlp.predict(space.ctx, candidates).shape == (len(candidates),)
+    with pytest.raises(ValueError, match="unknown cost model"):
+        make_cost_model("ansor")
+
+
+@pytest.mark.skipif(not DEFAULT_CHECKPOINT.is_file(), reason="perfmodel/pretrained/gnn.ckpt is not trained yet")
+def test_default_is_the_shipped_checkpoint(space, candidates: list) -> None:
+    model = GNNCostModel()
+    assert Path(model.path) == DEFAULT_CHECKPOINT
+    assert np.isfinite(model.predict(space.ctx, candidates)).all()
+
+
+@pytest.mark.slow
+def test_tune_tir_with_the_gnn(gnn_ckpt: Path, target, tmp_path: Path) -> None:
+    from conftest import matmul_mod
+
+    from perfmodel.tvm.search import make_builder, make_runner
+
+    lg = logging.getLogger("tvm.s_tir.meta_schedule")  # pytest attaches unnamed capture handlers here, on which
+    for h in [h for h in lg.handlers if h.get_name() is None]:  # TVM's logging setup crashes (not in real use)
+        lg.removeHandler(h)
+    model = GNNCostModel.from_checkpoint(gnn_ckpt, steps=5)
+    # TVM's LocalBuilder starts fresh workers per batch, each importing TVM for ~30 s on a busy machine
+    db = ms.tune_tir(matmul_mod(), target=target, work_dir=str(tmp_path), max_trials_global=16,
+                     num_trials_per_iter=8, cost_model=model, builder=make_builder(),
+                     runner=make_runner(repeat=1, min_repeat_ms=1), seed=1)
+    recs = db.get_all_tuning_records()
+    ok = [r for r in recs if r.run_secs and all(0 < float(s) < 1e9 for s in r.run_secs)]
+    assert len(recs) >= 8 and ok
+    assert model.stats.predict_calls >= 1 and model.stats.update_calls >= 1 and model.stats.fallback == 0
+    assert model.stats.fine_tune_steps >= 5
+    best = db.query_schedule(matmul_mod(), target=target, workload_name="main")
+    assert best is not None
