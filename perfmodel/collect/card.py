@@ -65,9 +65,9 @@ Schedules of TVM tuning tasks measured on this machine, in MetaSchedule's own JS
 | | |
 |---|---|
 | CPU | {model} ({platform.machine()}, {__import__('os').cpu_count()} logical cores on the collecting machine) |
-| Runner | one thread (`TVM_NUM_THREADS=1`), local runner, artifacts built in-process and timed in a persistent runner process |
+| Runner | one thread (`TVM_NUM_THREADS=1`), local runner: a persistent build worker and a persistent runner process (a build over 60 s or a run over 10 s is killed and stored as a failure) |
 | TVM | {tvm.__version__} |
-| Target | `{target}` |
+| Target | `{target}` (no `mcpu`: LLVM emits generic x86-64 code, so AVX-512 is not used; a new collection should add `mcpu`, into a new folder) |
 | Collection config | `{collect_cfg}` (random design-space samples, then MetaSchedule's evolutionary search with its XGBoost model) |
 | Valid records | {st['valid']} over {len(st['tasks'])} tasks |
 | Failed records (build/run errors, timeouts; `run_secs = [1e10]`, never a time) | {st['failed']} |
