@@ -56,6 +56,17 @@ def render_card(db_dir: str | Path, collect_cfg: str = "conf/collect.yaml") -> s
     st = card_stats(db)
     model, flags = cpu_info()
     target = db.records[0].target if db.records else None
+    goal = ""
+    try:
+        import yaml
+
+        c = yaml.safe_load(Path(collect_cfg).read_text())
+        per_task = int(c["n_random"]) + int(c["n_evolve"])
+        total = per_task * len(c["tasks_default"])
+        goal = (f"| Collection goal | {per_task} records per task x {len(c['tasks_default'])} tasks = {total}; "
+                f"{len(db.records) / total:.0%} done (`perfmodel collect` resumes; small design spaces end early) |\n")
+    except (OSError, KeyError, TypeError, ValueError):
+        pass
     rows = "\n".join(f"| `{n}` | {c['valid']} | {c['failed']} |" for n, c in sorted(st["tasks"].items()))
     return f"""# Dataset card: `{Path(db_dir).name}`
 
@@ -70,7 +81,7 @@ Schedules of TVM tuning tasks measured on this machine, in MetaSchedule's own JS
 | Target | `{target}` (no `mcpu`: LLVM emits generic x86-64 code, so AVX-512 is not used; a new collection should add `mcpu`, into a new folder) |
 | Collection config | `{collect_cfg}` (random design-space samples, then MetaSchedule's evolutionary search with its XGBoost model) |
 | Valid records | {st['valid']} over {len(st['tasks'])} tasks |
-| Failed records (build/run errors, timeouts; `run_secs = [1e10]`, never a time) | {st['failed']} |
+{goal}| Failed records (build/run errors, timeouts; `run_secs = [1e10]`, never a time) | {st['failed']} |
 | Repeats per record | 3 (each the mean over enough runs to last >= 20 ms) |
 | Noise: median relative spread (std/mean) of the repeats | {st['noise_median']:.2%} |
 | Noise: 90th percentile of the spread | {st['noise_p90']:.2%} |
