@@ -303,6 +303,14 @@ class RPCMeasurer:
 
         try:
             tracker = rpc.connect_tracker(self.host, self.port)
+            keys = {str(item["key"]).split(":")[-1] for item in tracker.summary()["server_info"]}
+        except Exception as e:  # noqa: BLE001
+            raise ConnectionError(
+                f"RPC tracker {self.host}:{self.port} (key {self.key!r}) unreachable: {one_line(e)}") from None
+        if self.key not in keys:  # request() would wait forever for a server that never comes
+            raise ConnectionError(f"RPC tracker {self.host}:{self.port}: no server registered under key "
+                                  f"{self.key!r} (registered: {sorted(keys) or 'none'})")
+        try:
             self._session = tracker.request(self.key, priority=1, session_timeout=0)
         except Exception as e:  # noqa: BLE001
             raise ConnectionError(

@@ -15,6 +15,7 @@ import pytest
 
 from perfmodel.collect.collector import CollectConfig, collect
 from perfmodel.collect.database import RECORD_FILE, Database, DatabaseError
+from perfmodel.collect.measure import RPCMeasurer
 
 pytestmark = pytest.mark.slow
 
@@ -140,10 +141,22 @@ def test_rpc_runner_on_loopback(tmp_path: Path) -> None:
     server = None
     try:
         time.sleep(2)
+        sport = _free_port()
         server = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_server", "--tracker", f"127.0.0.1:{port}",
-                                   "--key", "loop", "--host", "127.0.0.1", "--port", str(_free_port())],
+                                   "--key", "loop", "--host", "127.0.0.1", "--port", str(sport),
+                                   "--port-end", str(sport + 1)],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-        time.sleep(3)
+        from tvm import rpc
+
+        deadline = time.time() + 60  # wait until the server has registered with the tracker
+        while time.time() < deadline:
+            if any(str(i["key"]).endswith("loop") for i in rpc.connect_tracker("127.0.0.1", port).summary()["server_info"]):
+                break
+            assert server.poll() is None, "rpc_server exited"
+            time.sleep(0.5)
+        # A key with no server fails at once with one line instead of waiting forever.
+        with pytest.raises(ConnectionError, match="no server registered under key 'nokey'"):
+            RPCMeasurer(target=None, host="127.0.0.1", port=port, key="nokey")
         out = collect(CollectConfig(out_dir=str(tmp_path), hardware="rpc", tasks=["GMM-0"], n_random=4, n_evolve=0,
                                     batch=2, runner="rpc", rpc={"host": "127.0.0.1", "port": port, "key": "loop"},
                                     progress=False))
