@@ -43,3 +43,33 @@ def tiny_db(tmp_path_factory) -> Path:
     collect(CollectConfig(out_dir=str(out), hardware="test", tasks=["GMM-0", "NRM-0"],
                           n_random=12, n_evolve=12, batch=6, progress=False))
     return out / "test"
+
+
+@pytest.fixture(autouse=True)
+def _tvm_logging_without_unnamed_handlers(monkeypatch):
+    """pytest's log capture attaches unnamed ``LogCaptureHandler``s to MetaSchedule's logger during a
+    test; MetaSchedule rebuilds its logging config from handler names and crashes on ``None`` in the
+    next ``tune_tir`` of the session. While a test runs, TVM's ``create_loggers`` first sets such
+    handlers aside (real use never has them)."""
+    import logging
+    import sys
+
+    mod = sys.modules.get("tvm.s_tir.meta_schedule.logging")
+    if mod is None:  # not imported yet: the first tune_tir of the session has nothing to trip on
+        yield
+        return
+    original = mod.create_loggers
+
+    def create_loggers(*args, **kwargs):
+        lg = logging.getLogger("tvm.s_tir.meta_schedule")
+        unnamed = [h for h in lg.handlers if h.get_name() is None]
+        for h in unnamed:
+            lg.removeHandler(h)
+        try:
+            return original(*args, **kwargs)
+        finally:
+            for h in unnamed:
+                lg.addHandler(h)
+
+    monkeypatch.setattr(mod, "create_loggers", create_loggers)
+    yield

@@ -210,9 +210,6 @@ def test_tune_tir_with_the_gnn(gnn_ckpt: Path, target, tmp_path: Path) -> None:
 
     from perfmodel.tvm.search import make_builder, make_runner
 
-    lg = logging.getLogger("tvm.s_tir.meta_schedule")  # pytest attaches unnamed capture handlers here, on which
-    for h in [h for h in lg.handlers if h.get_name() is None]:  # TVM's logging setup crashes (not in real use)
-        lg.removeHandler(h)
     model = GNNCostModel.from_checkpoint(gnn_ckpt, steps=5)
     # TVM's LocalBuilder starts fresh workers per batch, each importing TVM for ~30 s on a busy machine
     db = ms.tune_tir(matmul_mod(), target=target, work_dir=str(tmp_path), max_trials_global=16,
