@@ -45,19 +45,16 @@ def tiny_db(tmp_path_factory) -> Path:
     return out / "test"
 
 
-@pytest.fixture(autouse=True)
-def _tvm_logging_without_unnamed_handlers(monkeypatch):
+@pytest.fixture(autouse=True, scope="session")
+def _tvm_logging_without_unnamed_handlers():
     """pytest's log capture attaches unnamed ``LogCaptureHandler``s to MetaSchedule's logger during a
     test; MetaSchedule rebuilds its logging config from handler names and crashes on ``None`` in the
-    next ``tune_tir`` of the session. While a test runs, TVM's ``create_loggers`` first sets such
-    handlers aside (real use never has them)."""
+    next ``tune_tir`` of the session. For the whole session (module-scoped fixtures included), TVM's
+    ``create_loggers`` first sets such handlers aside (real use never has them)."""
     import logging
-    import sys
 
-    mod = sys.modules.get("tvm.s_tir.meta_schedule.logging")
-    if mod is None:  # not imported yet: the first tune_tir of the session has nothing to trip on
-        yield
-        return
+    import tvm.s_tir.meta_schedule.logging as mod
+
     original = mod.create_loggers
 
     def create_loggers(*args, **kwargs):
@@ -71,5 +68,6 @@ def _tvm_logging_without_unnamed_handlers(monkeypatch):
             for h in unnamed:
                 lg.addHandler(h)
 
-    monkeypatch.setattr(mod, "create_loggers", create_loggers)
+    mod.create_loggers = create_loggers
     yield
+    mod.create_loggers = original
