@@ -15,8 +15,6 @@ from perfmodel._tvm import load_ms
 
 ms = load_ms()
 
-FAILED = 1e10
-
 
 @dataclass(frozen=True)
 class TuneTask:
