@@ -204,6 +204,8 @@ class Collector:
     def _evolve_once(self, wl: int, space: TaskSpace, limit: int, *, seeded: bool) -> None:
         recs = self._task_records(wl)
         seen = {r.key for r in recs}
+        # a proposal that repeats a measured schedule is told that schedule's time (not a failure)
+        known = {r.key: r.run_secs for r in recs if r.ok}
         # The search counts proposed candidates, duplicates of measured ones included: give it slack.
         budget = 2 * (limit - len(recs)) + self.cfg.batch
         evo = Evolution(space=space, measured=recs if seeded else [], db=self.db, max_trials=budget,
@@ -214,17 +216,19 @@ class Collector:
                 cands = evo.propose()
                 if not cands:
                     return
-                fresh = []
-                for c in cands[:need]:
+                fresh, keys = [], []
+                for c in cands:
                     key = trace_key(c.sch.trace.as_json())
-                    if key not in seen:
+                    keys.append(key)
+                    if key not in seen and len(fresh) < need:
                         seen.add(key)
-                        fresh.append(c)
-                results = self.measurer.measure([(c.sch.mod, space.args_info) for c in fresh])
-                self._commit(name, wl, [c.sch for c in fresh], results, space)
-                by_id = {id(c): r for c, r in zip(fresh, results)}
-                evo.tell(cands, [by_id[id(c)].run_secs if id(c) in by_id and by_id[id(c)].ok else None
-                                 for c in cands])
+                        fresh.append((key, c))
+                results = self.measurer.measure([(c.sch.mod, space.args_info) for _, c in fresh])
+                self._commit(name, wl, [c.sch for _, c in fresh], results, space)
+                for (key, _), r in zip(fresh, results):
+                    if r.ok:
+                        known[key] = r.run_secs
+                evo.tell(cands, [known.get(k) for k in keys])
         finally:
             evo.close()
 

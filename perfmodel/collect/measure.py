@@ -297,6 +297,9 @@ class RPCMeasurer:
         self._session = None
         self.restarts = 0
         self._connect()
+        # builds run in a persistent local worker with the same timeout as LocalMeasurer's
+        self._builder = _Worker("build", threads=1)
+        self._target_json = json.dumps(_plain(target.export()))
 
     def _connect(self) -> None:
         from tvm import rpc
@@ -323,12 +326,15 @@ class RPCMeasurer:
         import time
 
         for mod, args_info in items:
+            import tvm
+
             res = MeasureResult(None)
             t0 = time.perf_counter()
-            try:
-                path = build(mod, self.target, self._tmp)
-            except Exception as e:  # noqa: BLE001
-                res.error = f"build: {one_line(e)}"
+            self._builder.submit({"mod": tvm.ir.save_json(mod), "target": json.loads(self._target_json),
+                                  "dir": self._tmp})
+            path, err = self._builder.answer(self.cfg.build_timeout_s)
+            if path is None:
+                res.error = err
                 yield res
                 continue
             res.build_s = time.perf_counter() - t0
@@ -364,6 +370,7 @@ class RPCMeasurer:
 
     def close(self) -> None:
         self._session = None
+        self._builder.close()
         shutil.rmtree(self._tmp, ignore_errors=True)
 
     def __enter__(self) -> RPCMeasurer:
