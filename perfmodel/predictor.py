@@ -68,6 +68,42 @@ class Predictor:
         model.load_state_dict(state)
         return cls(model=model, meta=meta, device=device)
 
+    @classmethod
+    def ensemble(cls, members: Sequence[Predictor]) -> Predictor:
+        """One predictor averaging the log times of ``members`` (same schema, granularity and
+        feature normalization: e.g. one recipe trained with several seeds on one split).
+
+        Raises:
+            CheckpointError: members that disagree on schema, granularity or normalization (named).
+        """
+        from perfmodel.models import Ensemble
+
+        members = list(members)
+        if not members:
+            raise CheckpointError("ensemble: no members given")
+        first = members[0]
+        for i, p in enumerate(members[1:], 1):
+            for key in ("schema_version", "granularity"):
+                if p.meta.get(key) != first.meta.get(key):
+                    raise CheckpointError(f"ensemble: member {i} has {key}={p.meta.get(key)!r}, "
+                                          f"member 0 has {first.meta.get(key)!r}")
+            if not _same_norm(p.meta.get("norm"), first.meta.get("norm")):
+                raise CheckpointError(f"ensemble: member {i} normalizes features differently from member 0 "
+                                      "(trained on another split or dataset)")
+        flat = []
+        for p in members:  # an ensemble member contributes its own members
+            if isinstance(p.model, Ensemble):
+                flat.extend(zip(p.meta["model"]["members"], p.model.members))
+            else:
+                flat.append((p.meta["model"], p.model))
+        model = Ensemble(members=[dict(c) for c, _ in flat])
+        for dst, (_, src) in zip(model.members, flat):
+            dst.load_state_dict(src.state_dict())
+        meta = {**first.meta, "model": {"name": "ensemble", "members": [dict(c) for c, _ in flat]},
+                "members": [{k: p.meta.get(k) for k in ("seed", "fingerprint", "trained_at", "val")
+                             if k in p.meta} for p in members]}
+        return cls(model=model, meta=meta, device=first.device)
+
     def save(self, path: str | Path) -> Path:
         """Writes weights and metadata in the checkpoint layout ``from_checkpoint`` reads."""
         path = Path(path)
@@ -211,6 +247,21 @@ def flops_of(sch_or_mod: Any) -> float:
 
     mod = getattr(sch_or_mod, "mod", sch_or_mod)
     return float(estimate_tir_flops(mod))
+
+
+def _same_norm(a: Any, b: Any) -> bool:
+    """Two FeatureNorm states (nested dicts / lists / tensors) equal to float tolerance."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same_norm(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same_norm(x, y) for x, y in zip(a, b))
+    if isinstance(a, torch.Tensor):
+        return a.shape == b.shape and bool(torch.allclose(a.double(), b.double(), rtol=1e-5, atol=1e-6))
+    if isinstance(a, float):
+        return abs(a - b) <= 1e-6 * max(1.0, abs(a))
+    return a == b
 
 
 def _load_norm(state: Any) -> Any:

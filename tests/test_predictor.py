@@ -71,3 +71,38 @@ def test_predict_schedules_of_a_real_task(target) -> None:
     out = p.predict_schedules(schs)
     assert out.shape == (4,) and np.isfinite(out).all()
     assert np.allclose(out, p.predict_schedules(schs, flops=2 * 64**3), atol=1e-4)
+
+
+def test_ensemble_predicts_the_members_mean_and_round_trips(tmp_path: Path) -> None:
+    a = _predictor()
+    torch.manual_seed(1)
+    b = Predictor(model=build_model(a.meta["model"]), meta=dict(a.meta))
+    ens = Predictor.ensemble([a, b])
+    ds = SyntheticDataset(n_tasks=2, per_task=5)
+    datas = [ds[i] for i in range(len(ds))]
+    want = (a.predict_data(datas) + b.predict_data(datas)) / 2
+    assert not np.allclose(a.predict_data(datas), b.predict_data(datas))
+    assert np.allclose(ens.predict_data(datas), want, atol=1e-6)
+    back = Predictor.from_checkpoint(ens.save(tmp_path / "ens.pt"))
+    assert np.allclose(back.predict_data(datas), want, atol=1e-6)
+    # an ensemble of an ensemble and a model flattens to three members
+    assert len(Predictor.ensemble([back, a]).model.members) == 3
+    # it fine-tunes like any model
+    y = np.array([float(d.y) for d in datas])
+    assert len(back.fine_tune(datas, y, steps=3)) == 3
+
+
+def test_ensemble_refuses_members_of_other_splits() -> None:
+    from perfmodel.data import FeatureNorm
+
+    a = _predictor()
+    b = _predictor()
+    b.meta = {**b.meta, "norm": FeatureNorm(x_mean=torch.zeros(16), x_std=torch.ones(16), e_mean=torch.zeros(4),
+                                              e_std=torch.ones(4)).state_dict()}
+    with pytest.raises(CheckpointError, match="member 1 normalizes features differently"):
+        Predictor.ensemble([a, b])
+    c = _predictor(granularity="loop")
+    with pytest.raises(CheckpointError, match="member 1 has granularity='loop'"):
+        Predictor.ensemble([a, c])
+    with pytest.raises(CheckpointError, match="no members"):
+        Predictor.ensemble([])

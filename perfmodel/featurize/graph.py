@@ -23,6 +23,7 @@ _FIELD = {f: i for i, f in enumerate(SLOT_FIELDS)}
 _OPS_BASE = _I[f"op_{ARITH[0]}"]
 _L0 = _I["l0_extent"]
 _LOOP_W = 1 + len(KINDS)
+_WS0 = _I["l0_ws_bytes"]
 _inline_kinds: set[int] = set()
 
 
@@ -272,8 +273,31 @@ def _stage_features(st: Any, x: np.ndarray, loops: list, bufs: dict, read_bytes:
     for s, (_, vals) in zip(SLOTS[1:], ranked):
         x[_SLOT_BASE[s]:_SLOT_BASE[s] + len(SLOT_FIELDS)] = vals
     x[_I["n_reads"]] = len(per_buf)
+    _working_sets(st, x, nest, bufs)
     x[_I["is_update"]] = float(st.store.buf in per_buf)
     x[_I["writes_output"]] = float(bufs[st.store.buf].param)
+
+
+def _working_sets(st: Any, x: np.ndarray, nest: list, bufs: dict) -> None:
+    """``l{i}_ws_bytes`` / ``l{i}_ws_lines``: footprint of one run of each innermost loop level."""
+    accs = [st.store, *st.loads]
+    n = len(nest)
+    for slot in range(min(LOOP_SLOTS, n)):
+        level = n - 1 - slot
+        env = {}
+        for j, lp in enumerate(nest):
+            env[lp.var_key] = (lp.min, lp.min + lp.extent - 1) if j >= level else (lp.min, lp.min)
+        env = bind_env(st.frames, env)
+        per: dict[Any, tuple[int, int]] = {}
+        for acc in accs:
+            info = bufs[acc.buf]
+            elems, lines = footprint(acc, info, env)
+            nb = elems * info.nbytes
+            old = per.get(acc.buf)
+            if old is None or nb > old[0]:
+                per[acc.buf] = (nb, lines)
+        x[_WS0 + 2 * slot] = _lg(sum(v[0] for v in per.values()))
+        x[_WS0 + 2 * slot + 1] = _lg(sum(v[1] for v in per.values()))
 
 
 def graph_to_data(g: nx.DiGraph) -> Any:

@@ -22,13 +22,18 @@ innermost non-unit loop in elements [log of abs]; ``stride0`` (stride 0: the acc
 with the innermost loop), ``contig`` (stride 1); ``local`` (buffer scope is not ``global``, or the
 buffer is allocated by the function: an intermediate), ``param`` (a function argument).
 
+Working sets (schema v2). ``l{i}_ws_bytes`` / ``l{i}_ws_lines``: for the i-th innermost loop around a
+stage, the distinct bytes and cache lines its accesses touch (all buffers, the largest access per
+buffer) while that loop and the loops inside it run once over their range: the cache-tiling signal
+TVM's per-store features carry as per-loop-level touched bytes.
+
 TVM's ``PerStoreFeature`` rows are not reused: the same quantities (loop kinds, arithmetic by kind,
 footprints, strides, reuse) are computed here directly from the scheduled TIR, which is ~5x faster.
 """
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 LOOP_SLOTS = 6  # innermost loop levels described one by one (innermost first)
 KINDS = ("serial", "parallel", "vectorized", "unrolled")  # thread-bound loops count as parallel
@@ -62,6 +67,10 @@ NODE_FEATURES: list[str] = [
     *[f"op_{a}" for a in ARITH],
     # memory access slots
     *[f"{s}_{f}" for s in SLOTS for f in SLOT_FIELDS],
+    # working set of each of the innermost LOOP_SLOTS loop levels (slot 0 = innermost, as l{i}_extent):
+    # distinct bytes / 64-byte lines all the stage's buffers touch in one full run of that loop [log]
+    # (outer loops fixed): whether a tile fits L1/L2 is read off these
+    *[f"l{i}_{f}" for i in range(LOOP_SLOTS) for f in ("ws_bytes", "ws_lines")],
     "n_reads",                 # distinct buffers read
     # place in the graph
     "n_producers", "n_consumers",

@@ -279,16 +279,42 @@ class GAT(CostGNN):
 MODELS: dict[str, type[CostGNN]] = {"gcn": GCN, "sage": SAGE, "gin": GINE, "gine": GINE, "gat": GAT}
 
 
-def build_model(config: dict[str, Any]) -> CostGNN:
-    """A model from a plain config dict: ``{"name": "gcn"|"sage"|"gin"|"gat", **CostGNN kwargs}``.
+class Ensemble(nn.Module):
+    """The mean predicted log time of several cost models (e.g. one recipe trained from several seeds).
+
+    Averaging members that differ only in their initialization and batch order cuts the variance
+    of the prediction, which is what costs most on unseen tasks (a single confident mistake at the
+    top of a ranking). Config form: ``{"name": "ensemble", "members": [member config, ...]}``.
+    """
+
+    conv_name = "ensemble"
+
+    def __init__(self, *, members: list[dict[str, Any]]) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        if any(dict(m).get("name") == "ensemble" for m in members):
+            raise ValueError("ensemble members cannot be ensembles themselves")
+        self.members = nn.ModuleList(build_model(m) for m in members)
+
+    def forward(self, data: Any) -> Tensor:
+        """Mean over members of the predicted log seconds [B]."""
+        return torch.stack([m(data) for m in self.members]).mean(0)
+
+
+def build_model(config: dict[str, Any]) -> nn.Module:
+    """A model from a plain config dict: ``{"name": "gcn"|"sage"|"gin"|"gat", **CostGNN kwargs}``,
+    or ``{"name": "ensemble", "members": [config, ...]}``.
 
     This is the form checkpoints store, so a checkpoint rebuilds its model without Hydra.
     """
     cfg = dict(config)
     name = cfg.pop("name", None)
     cfg.pop("_target_", None)
+    if name == "ensemble":
+        return Ensemble(members=[dict(m) for m in cfg.get("members") or []])
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; expected one of {sorted(MODELS)}")
+        raise ValueError(f"unknown model {name!r}; expected one of {sorted(MODELS)} or 'ensemble'")
     return MODELS[name](**cfg)
 
 
@@ -297,5 +323,5 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-__all__ = ["CostGNN", "GCN", "SAGE", "GINE", "GAT", "MODELS", "READOUTS", "Readout", "build_model",
+__all__ = ["CostGNN", "GCN", "SAGE", "GINE", "GAT", "Ensemble", "MODELS", "READOUTS", "Readout", "build_model",
            "count_parameters"]

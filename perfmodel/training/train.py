@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from perfmodel.training.datamodule import ScheduleDataModule
 from perfmodel.training.module import LOGGED, CostModelModule
@@ -59,6 +60,7 @@ def build_module(cfg: DictConfig, dm: ScheduleDataModule) -> CostModelModule:
         "split": {"kind": dm.split_kind, "seed": dm.split_seed, "n_train": int(len(dm.splits["train"])),
                   "n_val": int(len(dm.splits["val"])), "n_test": int(len(dm.splits["test"]))},
         "db_paths": dm.db_paths,
+        "seed": int(cfg.get("seed", 0)),
     }
     return CostModelModule(model=model, loss=instantiate(cfg.loss), optimizer=instantiate(cfg.optim),
                            scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None, meta=meta)
@@ -88,18 +90,32 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     dm.setup("fit")
     log.info("data: %d train / %d val / %d test records, %d tasks", len(dm.splits["train"]),
              len(dm.splits["val"]), len(dm.splits["test"]), len(np.unique(dm.task_ids)))
-    module = build_module(cfg, dm)
-    callbacks = _instantiate_all(cfg.get("callbacks"))
-    loggers = _instantiate_all(cfg.get("logger"))
-    if not loggers:  # nothing to log learning rates to
-        callbacks = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.LearningRateMonitor)]
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    trainer.fit(module, datamodule=dm)
+    n_members = int(cfg.get("ensemble") or 1)
+    if n_members < 1:
+        raise ValueError(f"ensemble must be >= 1, got {n_members}")
+    ckpts = []
+    for i in range(n_members):
+        member_cfg = _member_config(cfg, i) if n_members > 1 else cfg
+        if i:
+            L.seed_everything(int(member_cfg.seed), workers=True, verbose=False)
+            log.info("ensemble member %d/%d (seed %d)", i + 1, n_members, int(member_cfg.seed))
+        trainer, module = _fit(member_cfg, dm)
+        ckpts.append(_best_checkpoint(trainer))
+    ckpt = ckpts[-1]
+    if n_members > 1:
+        from perfmodel.predictor import Predictor
 
-    ckpt = _best_checkpoint(trainer)
+        missing = [c for c in ckpts if not c]
+        if missing:
+            raise ValueError("ensemble needs a checkpoint per member: enable callbacks.model_checkpoint")
+        ens = Predictor.ensemble([Predictor.from_checkpoint(c) for c in ckpts])
+        ckpt = str(ens.save(Path(cfg.paths.output_dir) / "checkpoints" / "ensemble.ckpt"))
+        module = CostModelModule(model=ens.model, loss=instantiate(cfg.loss), optimizer=instantiate(cfg.optim),
+                                 meta=ens.meta)
+        log.info("ensemble of %d members: %s", n_members, ckpt)
     out: dict[str, Any] = {}
     if len(dm.splits["test"]) and cfg.get("test", True):
-        trainer.test(module, datamodule=dm, ckpt_path=ckpt or None, verbose=False)
+        trainer.test(module, datamodule=dm, ckpt_path=(ckpt or None) if n_members == 1 else None, verbose=False)
         m = module.last_metrics.get("test", {})
         out.update({f"test/{k}": _num(m.get(k)) for k in LOGGED})
         out["test/n_tasks"] = int(m.get("n_tasks", 0))
@@ -112,6 +128,33 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     out.update(ckpt=ckpt, n_train=int(len(dm.splits["train"])), n_test=int(len(dm.splits["test"])),
                seconds=round(time.perf_counter() - t0, 1))
     return out
+
+
+def _member_config(cfg: DictConfig, i: int) -> DictConfig:
+    """Member ``i`` of an ensemble: seed ``seed + i``, its own checkpoint and log folders."""
+    c = copy.deepcopy(cfg)
+    with open_dict(c):
+        c.seed = int(cfg.seed) + i
+        out = f"{cfg.paths.output_dir}/member{i}"
+        mc = (c.get("callbacks") or {}).get("model_checkpoint")
+        if mc is not None:
+            mc.dirpath = f"{out}/checkpoints"
+        for lg in (c.get("logger") or {}).values():
+            if lg is not None and "save_dir" in lg:
+                lg.save_dir = out
+    return c
+
+
+def _fit(cfg: DictConfig, dm: ScheduleDataModule) -> tuple[L.Trainer, CostModelModule]:
+    """Builds the module, callbacks, loggers and trainer of ``cfg`` and fits on ``dm``."""
+    module = build_module(cfg, dm)
+    callbacks = _instantiate_all(cfg.get("callbacks"))
+    loggers = _instantiate_all(cfg.get("logger"))
+    if not loggers:  # nothing to log learning rates to
+        callbacks = [c for c in callbacks if not isinstance(c, L.pytorch.callbacks.LearningRateMonitor)]
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer.fit(module, datamodule=dm)
+    return trainer, module
 
 
 def run_baseline(name: str, dm: ScheduleDataModule, *, seed: int = 0) -> dict[str, Any]:

@@ -109,6 +109,15 @@ def test_matmul_features(programs):
     assert raw(g, 0, "r1_bytes") == pytest.approx(32 * 128 * 4) and raw(g, 0, "r1_stride") == pytest.approx(128)
     assert raw(g, 0, "r2_bytes") == pytest.approx(64 * 32 * 4) and val(g, 0, "r2_contig") == 1
     assert raw(g, 0, "r2_reuse") == pytest.approx(128)
+    # working sets (schema v2). One run of k (i, j fixed): C 1 elem (1 line), A 32 contiguous
+    # (2 lines), B a column of 32 (32 lines) -> 65 elements, 35 lines.
+    assert raw(g, 0, "l0_ws_bytes") == pytest.approx(65 * 4) and raw(g, 0, "l0_ws_lines") == pytest.approx(35)
+    # one run of j (and k): a row of C (128, 8 lines), A's row (32, 2 lines), all of B (32x128, 256 lines)
+    assert raw(g, 0, "l1_ws_bytes") == pytest.approx((128 + 32 + 32 * 128) * 4)
+    assert raw(g, 0, "l1_ws_lines") == pytest.approx(8 + 2 + 256)
+    # the outermost level touches everything; no loop slot 3 (only 3 loops)
+    assert raw(g, 0, "l2_ws_bytes") == pytest.approx((64 * 128 + 64 * 32 + 32 * 128) * 4)
+    assert val(g, 0, "l3_ws_bytes") == 0 and val(g, 0, "l3_ws_lines") == 0
 
 
 def test_conv2d_with_padding_features(programs):

@@ -19,6 +19,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _cfg(tmp_path: Path, *overrides: str):
+    if not any(o.startswith("ensemble=") for o in overrides):
+        overrides = ("ensemble=1", *overrides)  # one model unless a test asks for an ensemble
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         return compose(config_name="train", overrides=[
             f"paths.root_dir={REPO}", f"paths.output_dir={tmp_path}", f"paths.log_dir={tmp_path}",
@@ -94,3 +96,20 @@ def test_overfits_32_real_graphs(tiny_db: Path, tmp_path: Path) -> None:
         loss.backward()
         opt.step()
     assert losses[-1] < losses[0] / 10, (losses[0], losses[-1])
+
+
+def test_ensemble_trains_members_and_ships_their_mean(tmp_path: Path) -> None:
+    from perfmodel.training.synthetic import SyntheticDataset
+
+    out = train(_cfg(tmp_path, "data=synthetic", "baseline=null", "trainer.max_epochs=2", "model.hidden=16",
+                     "logger=none", "ensemble=2"))
+    ens = Predictor.from_checkpoint(out["ckpt"])
+    assert Path(out["ckpt"]).name == "ensemble.ckpt" and ens.meta["model"]["name"] == "ensemble"
+    assert [m["seed"] for m in ens.meta["members"]] == [0, 1]
+    members = [Predictor.from_checkpoint(next((tmp_path / f"member{i}" / "checkpoints").glob("epoch*.ckpt")))
+               for i in range(2)]
+    datas = [SyntheticDataset()[i] for i in range(20)]
+    preds = [m.predict_data(datas) for m in members]
+    assert not np.allclose(preds[0], preds[1])  # different seeds, different members
+    assert np.allclose(ens.predict_data(datas), (preds[0] + preds[1]) / 2, atol=1e-5)
+    assert 0.0 <= out["test/pairwise_acc"] <= 1.0
