@@ -109,7 +109,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if missing:
             raise ValueError("ensemble needs a checkpoint per member: enable callbacks.model_checkpoint")
         ens = Predictor.ensemble([Predictor.from_checkpoint(c) for c in ckpts])
-        ckpt = str(ens.save(Path(cfg.paths.output_dir) / "checkpoints" / "ensemble.ckpt"))
+        path = Path(cfg.paths.output_dir) / "checkpoints" / "ensemble.ckpt"
+        if trainer.is_global_zero:  # data-parallel replicas hold the same members: one writer
+            ens.save(path)
+        trainer.strategy.barrier("ensemble")
+        ckpt = str(path)
         module = CostModelModule(model=ens.model, loss=instantiate(cfg.loss), optimizer=instantiate(cfg.optim),
                                  meta=ens.meta)
         log.info("ensemble of %d members: %s", n_members, ckpt)
