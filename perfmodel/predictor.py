@@ -100,8 +100,7 @@ class Predictor:
         for dst, (_, src) in zip(model.members, flat):
             dst.load_state_dict(src.state_dict())
         meta = {**first.meta, "model": {"name": "ensemble", "members": [dict(c) for c, _ in flat]},
-                "members": [{k: p.meta.get(k) for k in ("seed", "fingerprint", "trained_at", "val")
-                             if k in p.meta} for p in members]}
+                "members": [{k: p.meta[k] for k in ("seed", "fingerprint") if k in p.meta} for p in members]}
         return cls(model=model, meta=meta, device=first.device)
 
     def save(self, path: str | Path) -> Path:
@@ -249,19 +248,13 @@ def flops_of(sch_or_mod: Any) -> float:
     return float(estimate_tir_flops(mod))
 
 
-def _same_norm(a: Any, b: Any) -> bool:
-    """Two FeatureNorm states (nested dicts / lists / tensors) equal to float tolerance."""
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(_same_norm(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(_same_norm(x, y) for x, y in zip(a, b))
-    if isinstance(a, torch.Tensor):
-        return a.shape == b.shape and bool(torch.allclose(a.double(), b.double(), rtol=1e-5, atol=1e-6))
-    if isinstance(a, float):
-        return abs(a - b) <= 1e-6 * max(1.0, abs(a))
-    return a == b
+def _same_norm(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
+    """Two ``FeatureNorm.state_dict()`` states (or ``None``) equal to float tolerance."""
+    if a is None or b is None:
+        return a is b
+    return a.keys() == b.keys() and all(
+        torch.allclose(torch.as_tensor(a[k]).double(), torch.as_tensor(b[k]).double(), rtol=1e-5, atol=1e-6)
+        for k in a)
 
 
 def _load_norm(state: Any) -> Any:

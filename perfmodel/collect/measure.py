@@ -183,6 +183,13 @@ class _Worker:
         self.restarts += 1
         return None, err
 
+    def build(self, mod: Any, target_json: str, out_dir: str, timeout_s: float) -> tuple[str | None, str | None]:
+        """``(library path, None)`` or ``(None, error)``: builds ``mod`` in this (build) worker."""
+        import tvm
+
+        self.submit({"mod": tvm.ir.save_json(mod), "target": json.loads(target_json), "dir": out_dir})
+        return self.answer(timeout_s)
+
     def kill(self) -> None:
         if self.proc is not None:
             self.proc.kill()
@@ -226,15 +233,11 @@ class LocalMeasurer:
     def iter_measure(self, items: Iterable[tuple[Any, Any]]) -> Iterator[MeasureResult]:
         import time
 
-        import tvm
-
         pending: _Job | None = None
         for mod, args_info in items:
             t0 = time.perf_counter()
             job = _Job(path=None, args=args_of(args_info))
-            self._builder.submit({"mod": tvm.ir.save_json(mod), "target": json.loads(self._target_json),
-                                  "dir": self._tmp})
-            job.path, err = self._builder.answer(self.cfg.build_timeout_s)
+            job.path, err = self._builder.build(mod, self._target_json, self._tmp, self.cfg.build_timeout_s)
             job.result.error = err
             job.result.build_s = time.perf_counter() - t0
             if pending is not None:
@@ -326,13 +329,9 @@ class RPCMeasurer:
         import time
 
         for mod, args_info in items:
-            import tvm
-
             res = MeasureResult(None)
             t0 = time.perf_counter()
-            self._builder.submit({"mod": tvm.ir.save_json(mod), "target": json.loads(self._target_json),
-                                  "dir": self._tmp})
-            path, err = self._builder.answer(self.cfg.build_timeout_s)
+            path, err = self._builder.build(mod, self._target_json, self._tmp, self.cfg.build_timeout_s)
             if path is None:
                 res.error = err
                 yield res

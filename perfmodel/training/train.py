@@ -105,8 +105,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if n_members > 1:
         from perfmodel.predictor import Predictor
 
-        missing = [c for c in ckpts if not c]
-        if missing:
+        if not all(ckpts):
             raise ValueError("ensemble needs a checkpoint per member: enable callbacks.model_checkpoint")
         ens = Predictor.ensemble([Predictor.from_checkpoint(c) for c in ckpts])
         path = Path(cfg.paths.output_dir) / "checkpoints" / "ensemble.ckpt"
