@@ -1,44 +1,73 @@
-"""How well do the dataset's own timings rank schedules? Re-measure stored records and compare.
+"""Do our timings agree with themselves, with TVM's own runner's, and with the stored labels, even under load?
 
-The repeats of a record are timed back to back, so their spread (the card's "noise") misses what
-changes between one moment and the next (machine load, frequency, cache state of the host). This
-script picks ``--n`` valid records from each of ``--tasks`` at random, replays and re-measures them
-now with the collection's timing settings, and scores the *stored* times as if they were a model's
-predictions of the fresh ones. The result is the ceiling any cost model can reach on the
-dataset's labels: a model cannot agree with today's timings better than yesterday's timings do.
+Picks ``--n`` valid records from each of ``--tasks`` (seeded), replays them, and times them in
+independent passes (each pass its own processes, minutes apart):
 
-Prints a per-task table and, as its last line, a JSON object with ``pairwise_acc``, ``kendall_tau``,
-``peak1``, ``mape`` (stored vs fresh median times, task-weighted), ``median_rel_diff`` (median
-|fresh/stored - 1|), ``pairwise_acc_min`` / ``peak1_min`` (the same with the fastest repeat instead
-of the median) and ``records``.
+- ``ours`` x2: :class:`perfmodel.collect.measure.LocalMeasurer` with the project's protocol;
+- ``tvm`` x2: TVM's ``LocalBuilder`` + ``LocalRunner`` with ``EvaluatorConfig(number=3,
+  repeat=5, min_repeat_ms=50)``, a fresh pool per pass, all builds before the runs (the reference);
+- ``loaded``: ours again while a process this script starts burns CPU in bursts (5 s on, 5 s off);
+- the stored labels against the first ``ours`` pass.
 
-    python benchmarks/bench_noise.py [--n 32] [--tasks A,B,...] [--db DIR] [--seed 0]
+Each comparison is scored like a cost model: per-task pairwise agreement of the two time vectors,
+and the median |t2/t1 - 1|. Prints one line per task and comparison, and as the last line a
+JSON object with ``pass_pairwise``, ``pass_median_rel``, ``tvm_pass_pairwise``,
+``tvm_pass_median_rel``, ``stored_pairwise``, ``stored_median_rel``, ``loaded_pairwise``,
+``loaded_median_rel``, ``records``, ``tasks`` (and the protocol used, minutes taken).
+
+    python benchmarks/bench_noise.py [--db DIR] [--n 24] [--tasks A,B,...] [--passes ours,tvm,loaded]
+                                     [--target stored|native] [--protocol rounds=3,placement=shift,...]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import sys
 import time
 import warnings
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DB = REPO / "datasets" / "amd-epyc-t1"
-# one task per family that the dataset holds, small enough to re-measure quickly
-DEFAULT_TASKS = ["C1D-1", "C2D-2", "GMM-1", "GRP-2", "DEP-1", "T2D-2", "CAP-2", "NRM-1", "SFM-1", "CBR-2",
+sys.path.insert(0, str(REPO))
+# one task per family, small enough to re-measure quickly
+DEFAULT_TASKS = ["C2D-2", "GMM-1", "DEP-1", "NRM-1", "SFM-1", "T2D-2",
                  "resnet18-b1/fused_conv2d7_subtract3_divide3_multiply3_add8", "bert_layer-b1/layer_norm"]
+
+
+def _burn(stop: mp.Event, on_s: float, off_s: float) -> None:
+    """Busy-loop ``on_s`` seconds, sleep ``off_s``, until ``stop`` is set."""
+    x = 0
+    while not stop.is_set():
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < on_s and not stop.is_set():
+            x = (x * 1103515245 + 12345) % 2147483648
+        stop.wait(off_s)
+
+
+def pair_scores(a: np.ndarray, b: np.ndarray, groups: list[str]) -> tuple[float, float]:
+    """Mean per-task pairwise agreement of two time vectors, and the median |b/a - 1|."""
+    from perfmodel.evaluate.metrics import task_metrics
+
+    m = task_metrics(np.log(a), np.log(b), groups)
+    return float(m["pairwise_acc"]), float(np.median(np.abs(b / a - 1)))
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--db", default=str(DEFAULT_DB))
+    ap.add_argument("--db", default=None, help="database (default: the default dataset)")
     ap.add_argument("--tasks", default=",".join(DEFAULT_TASKS))
-    ap.add_argument("--n", type=int, default=32, help="records re-measured per task")
+    ap.add_argument("--n", type=int, default=24, help="records per task")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--passes", default="ours,tvm,loaded")
+    ap.add_argument("--target", default="stored", help="stored: each record's own target; native: this CPU")
+    ap.add_argument("--protocol", default="", help="overrides of Protocol fields, e.g. rounds=1,placement=same")
+    ap.add_argument("--no-guard", action="store_true", help="time without the guard (to see what it buys)")
+    ap.add_argument("--pause", type=float, default=30.0, help="seconds between passes")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
 
@@ -46,60 +75,119 @@ def main() -> int:
 
     from perfmodel._tvm import load_ms
     from perfmodel.collect.database import Database
-    from perfmodel.collect.measure import EvalConfig, LocalMeasurer
-    from perfmodel.evaluate.metrics import task_metrics
-    from perfmodel.workloads import DEFAULT_TARGET, task_of_mod
+    from perfmodel.collect.measure import Guard, LocalMeasurer, Protocol
+    from perfmodel.workloads import DEFAULT_DB, native_target, task_of_mod
 
-    load_ms()
-    t0 = time.perf_counter()
-    db = Database.open(args.db)
+    ms = load_ms()
+    proto = Protocol()
+    for kv in filter(None, args.protocol.split(",")):
+        k, v = kv.split("=")
+        ftype = {f.name: f.type for f in fields(Protocol)}[k]
+        proto = replace(proto, **{k: (v.lower() in ("1", "true")) if ftype == "bool" else
+                                  int(v) if ftype == "int" else float(v) if ftype == "float" else v})
+    guard = Guard(enabled=not args.no_guard)
+    t_start = time.perf_counter()
+    db = Database.open(args.db or DEFAULT_DB)
     by_wl = db.records_by_workload()
     names = {}
     for wl in by_wl:
-        try:
-            names[task_of_mod(db.workload(wl).mod)] = wl
-        except Exception:  # noqa: BLE001  a workload this registry does not know
-            continue
+        name = task_of_mod(db.workload(wl).mod)
+        if name:
+            names[name] = wl
     rng = np.random.default_rng(args.seed)
-    stored, fresh, tasks, rows = [], [], [], []
-    stored_min, fresh_min = [], []
-    cfg = EvalConfig()
+    picked = []  # (task, record, candidate)
     for name in [t for t in args.tasks.split(",") if t]:
         if name not in names:
-            print(f"skip {name}: not in {args.db}", file=sys.stderr)
+            print(f"skip {name}: not in {db.path}", file=sys.stderr)
             continue
         recs = [r for r in by_wl[names[name]] if r.ok]
-        pick = [recs[i] for i in sorted(rng.choice(len(recs), size=min(args.n, len(recs)), replace=False))]
-        target = tvm.target.Target(pick[0].target if pick[0].target else DEFAULT_TARGET)
-        items = []
-        for r in pick:
-            cand = db.tuning_record(r).as_measure_candidate()
-            items.append((cand.sch.mod, cand.args_info))
-        with LocalMeasurer(target=target, cfg=cfg) as m:
-            results = m.measure(items)
-        s = np.array([float(np.median(r.run_secs)) for r, res in zip(pick, results) if res.ok])
-        f = np.array([float(np.median(res.run_secs)) for res in results if res.ok])
-        stored_min += [float(np.log(min(r.run_secs))) for r, res in zip(pick, results) if res.ok]
-        fresh_min += [float(np.log(min(res.run_secs))) for res in results if res.ok]
-        stored += list(np.log(s))
-        fresh += list(np.log(f))
-        tasks += [name] * len(s)
-        mt = task_metrics(np.log(s), np.log(f), [name] * len(s))
-        rows.append((name, len(s), mt["pairwise_acc"], mt["kendall_tau"], mt["peak1"],
-                     float(np.median(np.abs(f / s - 1)))))
-        print(f"{name[:44]:44s} n={len(s):3d} pairwise={mt['pairwise_acc']:.3f} tau={mt['kendall_tau']:.3f} "
-              f"peak1={mt['peak1']:.3f} median|fresh/stored-1|={rows[-1][-1]:.3f}", flush=True)
-    if not tasks:
+        for i in sorted(rng.choice(len(recs), size=min(args.n, len(recs)), replace=False)):
+            picked.append((name, recs[i], db.tuning_record(recs[i]).as_measure_candidate()))
+    if not picked:
         print("no task of --tasks is in the database", file=sys.stderr)
         return 2
-    m = task_metrics(np.array(stored), np.array(fresh), tasks)
-    m_min = task_metrics(np.array(stored_min), np.array(fresh_min), tasks)
-    rel = np.abs(np.exp(np.array(fresh) - np.array(stored)) - 1)
-    out = {"pairwise_acc": round(float(m["pairwise_acc"]), 4), "kendall_tau": round(float(m["kendall_tau"]), 4),
-           "peak1": round(float(m["peak1"]), 4), "mape": round(float(m["mape"]), 4),
-           "median_rel_diff": round(float(np.median(rel)), 4),
-           "pairwise_acc_min": round(float(m_min["pairwise_acc"]), 4), "peak1_min": round(float(m_min["peak1"]), 4), "records": len(tasks), "tasks": len(rows),
-           "minutes": round((time.perf_counter() - t0) / 60, 1)}
+    tasks_in = sorted({n for n, _, _ in picked})
+    target_of = {}
+    for name, rec, _ in picked:
+        target_of[name] = tvm.target.Target(native_target() if args.target == "native" else rec.target)
+
+    def ours() -> np.ndarray:
+        out = []
+        for name in tasks_in:
+            items = [(c.sch.mod, c.args_info) for n, _, c in picked if n == name]
+            with LocalMeasurer(target=target_of[name], protocol=proto, guard=guard) as m:
+                res = m.measure(items)
+            out += [float(np.median(r.run_secs)) if r.ok else np.nan for r in res]
+        return np.array(out)
+
+    def tvm_pass() -> np.ndarray:
+        builder = ms.builder.LocalBuilder(initializer=load_ms, timeout_sec=120)
+        runner = ms.runner.LocalRunner(timeout_sec=60, evaluator_config=ms.runner.EvaluatorConfig(
+            number=3, repeat=5, min_repeat_ms=50, enable_cpu_cache_flush=False))
+        out = []
+        for name in tasks_in:
+            cands = [c for n, _, c in picked if n == name]
+            built = builder.build([ms.builder.BuilderInput(c.sch.mod, target_of[name]) for c in cands])
+            inputs = [ms.runner.RunnerInput(b.artifact_path, "cpu", c.args_info) for b, c in zip(built, cands)
+                      if b.error_msg is None]
+            results = [f.result() for f in runner.run(inputs)]
+            it = iter(results)
+            for b in built:
+                r = next(it) if b.error_msg is None else None
+                out.append(float(np.median([float(x) for x in r.run_secs])) if r is not None and r.error_msg is None
+                           else np.nan)
+        return np.array(out)
+
+    groups = [n for n, _, _ in picked]
+    stored = np.array([float(np.median(r.run_secs)) for _, r, _ in picked])
+    passes: dict[str, np.ndarray] = {}
+    wanted = args.passes.split(",")
+    plan = [("ours1", ours), ("ours2", ours)] if "ours" in wanted else []
+    if "tvm" in wanted:
+        plan += [("tvm1", tvm_pass), ("tvm2", tvm_pass)]
+    if "loaded" in wanted:
+        plan.append(("loaded", None))
+    for i, (label, fn) in enumerate(plan):
+        if i:
+            time.sleep(args.pause)
+        t0 = time.perf_counter()
+        if label == "loaded":
+            stop = mp.Event()
+            burner = mp.Process(target=_burn, args=(stop, 5.0, 5.0), daemon=True)
+            burner.start()
+            try:
+                passes[label] = ours()
+            finally:
+                stop.set()
+                burner.join(10)
+        else:
+            passes[label] = fn()
+        print(f"pass {label}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+
+    def score(a_name: str, a: np.ndarray, b_name: str) -> tuple[float, float]:
+        b = passes[b_name]
+        ok = np.isfinite(a) & np.isfinite(b)
+        g = [x for x, k in zip(groups, ok) if k]
+        for t in tasks_in:
+            sel = np.array([x == t for x in g])
+            if sel.sum() > 1:
+                pa, mr = pair_scores(a[ok][sel], b[ok][sel], [t] * int(sel.sum()))
+                print(f"{a_name:>6s} vs {b_name:<6s} {t[:50]:50s} n={int(sel.sum()):3d} pairwise={pa:.3f} "
+                      f"median|rel|={mr:.3f}")
+        return pair_scores(a[ok], b[ok], g)
+
+    out: dict = {}
+    if "ours1" in passes:
+        out["pass_pairwise"], out["pass_median_rel"] = score("ours1", passes["ours1"], "ours2")
+        out["stored_pairwise"], out["stored_median_rel"] = score("stored", stored, "ours1")
+    if "tvm1" in passes:
+        out["tvm_pass_pairwise"], out["tvm_pass_median_rel"] = score("tvm1", passes["tvm1"], "tvm2")
+    if "loaded" in passes and "ours1" in passes:
+        out["loaded_pairwise"], out["loaded_median_rel"] = score("ours1", passes["ours1"], "loaded")
+    out = {k: round(v, 4) for k, v in out.items()}
+    out.update(records=len(picked), tasks=len(tasks_in), db=str(db.path), target=args.target,
+               protocol=asdict(proto), guard=guard.enabled,
+               minutes=round((time.perf_counter() - t_start) / 60, 1))
     print(json.dumps(out))
     return 0
 

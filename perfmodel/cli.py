@@ -39,11 +39,12 @@ def _cmd_collect(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
 
     from perfmodel.collect.collector import CollectConfig, collect
-    from perfmodel.collect.measure import EvalConfig
+    from perfmodel.collect.measure import Guard, Protocol
 
     cfg = OmegaConf.to_container(compose("collect", args.overrides), resolve=True)
     cfg.pop("tasks_default", None)
-    cfg["eval"] = EvalConfig(**cfg["eval"])
+    cfg["protocol"] = Protocol(**cfg["protocol"])
+    cfg["guard"] = Guard(**cfg["guard"])
     cfg["tasks"] = list(cfg["tasks"])
     out = collect(CollectConfig(**cfg))
     total = {k: sum(v[k] for v in out.values()) for k in ("records", "valid", "failed")}

@@ -22,7 +22,32 @@ if TYPE_CHECKING:
 TE_SUITE = ["C1D", "C2D", "C3D", "GMM", "GRP", "DIL", "DEP", "T2D", "CAP", "NRM", "SFM", "CBR", "TBG"]
 NETWORK_BATCHES = (1, 8)
 CACHE_FILE = Path(__file__).parent / "data_files" / "network_tasks.json.gz"
+REPO = Path(__file__).resolve().parents[1]
+# The default dataset: this CPU's records, native target (host mcpu), one runner thread.
+DEFAULT_DATASET = "amd-epyc-znver3-t1"
+DEFAULT_DB = REPO / "datasets" / DEFAULT_DATASET
+# The registry's target for extracting network tasks; measuring uses native_target().
 DEFAULT_TARGET = {"kind": "llvm", "num-cores": 1}
+
+
+def native_target(threads: int = 1) -> dict:
+    """The TVM target JSON for this CPU: LLVM with the host's ``mcpu`` (e.g. ``znver4``), ``threads`` cores."""
+    from tvm.target.codegen import llvm_get_system_cpu
+
+    return {"kind": "llvm", "mcpu": str(llvm_get_system_cpu()), "num-cores": int(threads)}
+
+
+def target_summary(target: object) -> dict:
+    """``{kind, mcpu, threads}`` of a target (a ``tvm.target.Target``, its JSON dict or ``None``):
+    what a checkpoint, a dataset card and a tuning run name as "the target"."""
+    if target is None:
+        return {"kind": None, "mcpu": None, "threads": None}
+    if not isinstance(target, dict):
+        target = {k: v for k, v in target.export().items()}
+    mcpu = target.get("mcpu")
+    cores = target.get("num-cores")
+    return {"kind": str(target.get("kind")), "mcpu": str(mcpu) if mcpu else "generic",
+            "threads": int(cores) if cores is not None else None}
 
 # Operator family of a TE suite code, used by the held-out-family split.
 _TE_FAMILY = {

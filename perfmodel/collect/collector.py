@@ -1,25 +1,30 @@
 """The resumable collector: fill one database per hardware with measured schedules of many tasks.
 
-Two phases over the task list: first ``n_random`` uniform samples of every task's design space
+Up to three phases over the task list: optionally re-timing the schedules of another folder
+(``retime_from``: an older collection's traces, measured again here under this folder's target and
+protocol, which skips sampling), then ``n_random`` uniform samples of every task's design space
 (coverage), then an evolutionary search per task up to ``n_random + n_evolve`` records (the fast
-corner). Every batch is appended and fsynced before the next starts, so ``kill -9`` loses at most
+corner). Every record is timed by :class:`perfmodel.collect.measure.LocalMeasurer` (or over RPC)
+under its guard; what the guard saw goes to ``measure_info.jsonl`` beside the database, one line
+per record (TVM's loader never reads it). Every batch is appended and fsynced before the next starts, so ``kill -9`` loses at most
 the batch in flight; a rerun counts what is there, skips schedules already measured (trace key)
 and continues up to the target.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import re
-import time
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from perfmodel.collect.database import Database, RawRecord
-from perfmodel.collect.measure import FAILED, EvalConfig, LocalMeasurer, MeasureResult, RPCMeasurer
+from perfmodel.collect.measure import FAILED, Guard, LocalMeasurer, MeasureResult, Protocol, one_line
 from perfmodel.collect.sampler import Evolution, TaskSpace, to_py, trace_key
 
 
@@ -30,7 +35,7 @@ class CollectConfig:
     Attributes:
         out_dir: root of the datasets; records go to ``<out_dir>/<hardware>/``.
         hardware: name of this machine's folder; empty = derived from the CPU model.
-        target: TVM target as a JSON dict.
+        target: TVM target as a JSON dict, or ``native`` (this CPU's ``mcpu``, ``protocol.threads`` cores).
         tasks: registry task names.
         n_random: random design-space samples per task.
         n_evolve: evolutionary-search records per task after the random ones.
@@ -38,7 +43,9 @@ class CollectConfig:
         seed: seed of the evolutionary search.
         runner: ``local`` or ``rpc``.
         rpc: ``host``, ``port``, ``key`` of the RPC tracker.
-        eval: timing configuration.
+        protocol: how candidates are timed.
+        guard: when the machine is too busy to time on.
+        retime_from: a database folder whose valid schedules of ``tasks`` are re-timed first.
         progress: show a progress bar.
         max_duplicates: consecutive already-measured random samples after which a task's design
             space counts as exhausted (small spaces, e.g. a reduction, hold only a few schedules).
@@ -46,7 +53,7 @@ class CollectConfig:
 
     out_dir: str = "datasets"
     hardware: str = ""
-    target: dict = field(default_factory=lambda: {"kind": "llvm", "num-cores": 1})
+    target: Any = "native"
     tasks: list[str] = field(default_factory=list)
     n_random: int = 64
     n_evolve: int = 64
@@ -54,13 +61,15 @@ class CollectConfig:
     seed: int = 1
     runner: str = "local"
     rpc: dict = field(default_factory=lambda: {"host": "127.0.0.1", "port": 9190, "key": "local"})
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    protocol: Protocol = field(default_factory=Protocol)
+    guard: Guard = field(default_factory=Guard)
+    retime_from: str = ""
     progress: bool = True
     max_duplicates: int = 400
 
 
-def hardware_slug(threads: int = 1) -> str:
-    """Folder name of this CPU: model name in lower case plus the runner thread count."""
+def hardware_slug(threads: int = 1, mcpu: str | None = None) -> str:
+    """Folder name of this CPU: model name in lower case, the target's ``mcpu`` and the runner thread count."""
     model = platform.processor() or "cpu"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -69,13 +78,18 @@ def hardware_slug(threads: int = 1) -> str:
                 break
     except OSError:
         pass
-    return re.sub(r"[^a-z0-9]+", "-", model.lower()).strip("-") + f"-t{threads}"
+    slug = re.sub(r"[^a-z0-9]+", "-", model.lower()).strip("-")
+    return slug + (f"-{mcpu}" if mcpu and mcpu != "generic" else "") + f"-t{threads}"
 
 
-def make_target(spec: Any) -> Any:
-    """A ``tvm.target.Target`` from a dict or JSON string; a bad one raises one clear line."""
+def make_target(spec: Any, threads: int = 1) -> Any:
+    """A ``tvm.target.Target`` from a dict, a JSON string or ``native``; a bad one raises one clear line."""
     import tvm
 
+    from perfmodel.workloads import native_target
+
+    if spec == "native":
+        spec = native_target(threads)
     if isinstance(spec, str):
         try:
             spec = json.loads(spec)
@@ -84,9 +98,15 @@ def make_target(spec: Any) -> Any:
     try:
         return tvm.target.Target(dict(spec) if not isinstance(spec, str) else spec)
     except Exception as e:  # noqa: BLE001
-        from perfmodel.collect.measure import one_line
-
         raise ValueError(f"target {spec!r} rejected by TVM: {one_line(e)}") from None
+
+
+INFO_FILE = "measure_info.jsonl"  # what the guard saw, one line per record, beside TVM's two files
+
+
+def trace_hash(key: str) -> str:
+    """Short stable id of a schedule (its trace key) for side files."""
+    return hashlib.sha1(key.encode()).hexdigest()[:16]
 
 
 def _record(wl: int, trace: Any, res: MeasureResult, target_json: Any, args_json: Any) -> RawRecord:
@@ -101,20 +121,29 @@ class Collector:
         from perfmodel.workloads import get_task
 
         self.cfg = cfg
-        self.target = make_target(cfg.target)
+        from perfmodel.workloads import target_summary
+
+        self.target = make_target(cfg.target, cfg.protocol.threads)
         self.tasks = [get_task(n) for n in cfg.tasks]  # unknown names fail here, before measuring
-        self.hardware = cfg.hardware or hardware_slug(cfg.eval.threads)
+        self.hardware = cfg.hardware or hardware_slug(cfg.protocol.threads, target_summary(self.target)["mcpu"])
         self.db = Database.open(Path(cfg.out_dir) / self.hardware, create=True)
         self.stats: Counter = Counter()
         self.failures: Counter = Counter()
         self.target_json = to_py(self.target.export()) if hasattr(self.target, "export") else None
         if cfg.runner == "rpc":
-            self.measurer: Any = RPCMeasurer(target=self.target, cfg=cfg.eval, **cfg.rpc)
+            from perfmodel.collect.rpc import RPCMeasurer
+
+            self.measurer: Any = RPCMeasurer(target=self.target, protocol=cfg.protocol, **cfg.rpc)
         elif cfg.runner == "local":
-            self.measurer = LocalMeasurer(target=self.target, cfg=cfg.eval)
+            self.measurer = LocalMeasurer(target=self.target, protocol=cfg.protocol, guard=cfg.guard, log=self._log)
         else:
             raise ValueError(f"runner {cfg.runner!r} unknown: use local or rpc")
         self._bar: Any = None
+
+    def _log(self, msg: str) -> None:
+        from tqdm import tqdm
+
+        tqdm.write(msg, file=sys.stderr)
 
     # ------------------------------------------------------------------------------------
     def _task_records(self, wl: int) -> list[RawRecord]:
@@ -130,8 +159,9 @@ class Collector:
         todo = sum(max(0, goal - have[n]) for n in wls)
         self._bar = tqdm(total=todo, unit="rec", disable=not self.cfg.progress, smoothing=0.05,
                          desc=f"collect {self.hardware}")
-        self._t0 = time.perf_counter()
         try:
+            if self.cfg.retime_from:
+                self._retime_all(wls, goal)
             for phase, limit in (("random", self.cfg.n_random), ("evolve", goal)):
                 for t in self.tasks:
                     if len(self._task_records(wls[t.name])) >= limit:
@@ -154,13 +184,64 @@ class Collector:
     def _commit(self, name: str, wl: int, schedules: list[Any], results: list[MeasureResult], space: TaskSpace) -> None:
         args_json = to_py([a.as_json() for a in space.args_info])
         recs = [_record(wl, s.trace, r, self.target_json, args_json) for s, r in zip(schedules, results)]
-        self.db.append(recs)
+        self._append(recs, results)
         for r in results:
             self.stats["valid" if r.ok else "failed"] += 1
             if not r.ok:
                 self.failures[(name, (r.error or "no timing").split(":")[0])] += 1
         if self._bar is not None:
             self._bar.update(len(recs))
+
+    def _append(self, recs: list[RawRecord], results: list[MeasureResult]) -> None:
+        """Records, then what the guard saw for each (``measure_info.jsonl``, keyed by trace hash)."""
+        self.db.append(recs)
+        lines = [json.dumps({"workload": r.workload, "trace": trace_hash(r.key), **res.info})
+                 for r, res in zip(recs, results)]
+        with open(self.db.path / INFO_FILE, "a", encoding="utf-8") as f:
+            f.write("".join(x + "\n" for x in lines))
+
+    def _retime_all(self, wls: dict[str, int], goal: int) -> None:
+        """Phase 0: measure again, here, the valid schedules another folder holds for our tasks."""
+        import tvm_ffi
+
+        src = Database.open(self.cfg.retime_from)
+        by_hash: dict[int, list[RawRecord]] = {}
+        for wl, recs in src.records_by_workload().items():
+            try:
+                h = int(tvm_ffi.structural_hash(src.workload(wl).mod))
+            except Exception as e:  # noqa: BLE001
+                self._log(f"retime: skipped workload line {wl + 1} of {src.path}: {one_line(e)}")
+                continue
+            by_hash.setdefault(h, []).extend(r for r in recs if r.ok)
+        for t in self.tasks:
+            old = by_hash.get(int(tvm_ffi.structural_hash(t.mod)), [])
+            wl = wls[t.name]
+            seen = {r.key for r in self._task_records(wl)}
+            todo = [r for r in old if r.key not in seen][: max(0, goal - len(seen))]
+            if not todo:
+                continue
+            self._bar.set_postfix_str(f"retime {t.name}", refresh=False)
+            space_args = None
+            for i in range(0, len(todo), self.cfg.batch):
+                chunk, scheds = todo[i:i + self.cfg.batch], []
+                for r in chunk:
+                    try:
+                        cand = src.tuning_record(r).as_measure_candidate()
+                        scheds.append((r, cand))
+                    except Exception as e:  # noqa: BLE001  a trace that no longer replays is skipped
+                        self.failures[(t.name, "replay")] += 1
+                        self._log(f"retime: {src.path} record line {r.line} does not replay: {one_line(e)}")
+                if not scheds:
+                    continue
+                space_args = space_args or scheds[0][1].args_info
+                results = self.measurer.measure([(c.sch.mod, c.args_info) for _, c in scheds])
+                args_json = to_py([a.as_json() for a in space_args])
+                recs = [RawRecord(line=0, workload=wl, trace=r.trace, run_secs=res.run_secs if res.ok else [FAILED],
+                                  target=self.target_json, args_info=args_json) for (r, _), res in zip(scheds, results)]
+                self._append(recs, results)
+                for res in results:
+                    self.stats["valid" if res.ok else "failed"] += 1
+                self._bar.update(len(recs))
 
     def _random(self, name: str, wl: int, space: TaskSpace, limit: int) -> None:
         seen = {r.key for r in self._task_records(wl)}

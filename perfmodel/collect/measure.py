@@ -1,21 +1,41 @@
-"""Build schedules in this process and time them in one long-lived worker process.
+"""The one timing protocol of perfmodel: build a batch, then time it in rounds in a guarded runner.
 
-MetaSchedule's ``LocalBuilder``/``LocalRunner`` start process pools and tar/untar artifacts for every
-batch. A collector only needs timings, so it keeps one runner process alive for the whole job,
-builds the next candidate while the runner times the previous one, and restarts the runner only
-if a kernel crashes it or runs past the timeout. ``RPCMeasurer`` sends the same artifacts through
-TVM's RPC tracker instead, for boards elsewhere.
+Every place that measures (the collector, ``perfmodel tune`` through :class:`MeasureRunner`,
+``perfmodel check``, the benchmarks) goes through :class:`LocalMeasurer` and :class:`Protocol`.
+What the protocol does, and the measurement behind each choice (benchmarks/RESULTS.md,
+"Timing protocol"):
+
+1. **Build first, then time.** All candidates of a batch are compiled (two build workers, one per
+   core) before any is timed, so no LLVM build runs on the other core during a timing.
+2. **A real-time runner.** The runner process is pinned to one core and runs under
+   ``SCHED_FIFO`` (when permitted), so no ordinary process can preempt a kernel being timed.
+   It sleeps briefly every ~0.4 s so the kernel's real-time throttling (5% per second) never
+   lands inside a timing.
+3. **Rounds interleaved over the batch, each with a fresh allocation.** Each candidate is timed
+   in ``rounds`` rounds; a round allocates the arguments anew (a random spacer before them varies
+   their placement in memory, which moves some kernels' times by tens of percent) and takes
+   ``repeat`` timings of at least ``min_repeat_ms`` each. Rounds visit the batch's candidates in
+   turn, so a slow drift of the machine hits all of them alike.
+4. **Estimator.** A round's estimate is its fastest repeat (CPU-bound kernels: the minimum is
+   the most stable); ``run_secs`` stores one estimate per round, and the label is their median.
+5. **The guard** (:class:`Guard`) waits until the machine is quiet before a batch (other
+   processes' CPU time and steal time from ``/proc/stat``, printing one line why), re-times a
+   timing during which the runner was switched out, times a fixed reference kernel before and
+   after each batch and re-measures the batch when it drifted, and re-times a record whose
+   rounds disagree beyond ``max_spread``. What it saw is kept per record (:class:`MeasureResult.info`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import select
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -23,46 +43,91 @@ from typing import Any
 import numpy as np
 
 FAILED = 1e10  # MetaSchedule's run_secs for a failed build or run
+PROTOCOL_VERSION = 2  # bump when the timing protocol changes what a stored time means
 
 
 @dataclass(frozen=True)
-class EvalConfig:
-    """How one candidate is timed.
+class Protocol:
+    """How candidates are timed (see the module docstring for why).
 
     Attributes:
-        repeat: timings kept per record (each the mean over ``number`` runs).
-        min_repeat_ms: ``number`` grows until one repeat lasts at least this long.
-        timeout_s: a candidate whose timing takes longer is killed and counted as failed.
-        build_timeout_s: a build (LLVM codegen of a huge unrolled nest can take minutes) taking
-            longer is killed and counted as failed.
+        rounds: rounds per candidate, interleaved over the batch, each with a fresh allocation of
+            its arguments and one estimate (its fastest repeat).
+        max_rounds: more rounds, up to this many, for a record whose ``keep`` fastest estimates
+            still differ by more than ``max_spread`` (it has not yet been seen in a quiet moment).
+        repeat: timings per round.
+        min_repeat_ms: each timing runs the kernel often enough to last at least this long.
+        keep: the fastest round estimates stored as the record's ``run_secs``.
+        placement: ``shift`` (a random spacer before each round's arguments), ``fresh`` (new
+            arguments each round, no spacer) or ``same`` (one allocation for all rounds).
+        realtime: run the runner under ``SCHED_FIFO`` pinned to the last core (when permitted).
+        max_spread: convergence tolerance of the ``keep`` fastest estimates (max/min - 1).
+        budget_ms: rounds beyond ``keep`` stop once a candidate's rounds add up to this much
+            kernel time (a 200 ms kernel gets ``keep`` rounds, a 1 ms one up to ``max_rounds``).
+        timeout_s: a candidate whose round takes longer is killed and counted as failed.
+        build_timeout_s: a build taking longer is killed and counted as failed.
+        build_workers: parallel build processes (builds run before the timings, never beside them).
         threads: TVM runtime threads of the runner (``TVM_NUM_THREADS``).
     """
 
-    repeat: int = 3
-    min_repeat_ms: int = 20
+    rounds: int = 6
+    max_rounds: int = 12
+    repeat: int = 1
+    min_repeat_ms: int = 2
+    keep: int = 3
+    placement: str = "same"
+    realtime: bool = False
+    max_spread: float = 0.03
+    budget_ms: float = 300.0
     timeout_s: float = 20.0
-    threads: int = 1
     build_timeout_s: float = 60.0
+    build_workers: int = 2
+    threads: int = 1
+
+
+@dataclass(frozen=True)
+class Guard:
+    """When the machine counts as too busy to time on.
+
+    Attributes:
+        enabled: check at all.
+        max_foreign_cores: other processes' CPU use (cores, averaged over a batch) above which
+            the batch waits and is re-measured.
+        max_steal: fraction of CPU time the hypervisor stole above which the same happens.
+        ref_tolerance: the reference kernel is timed once per round; when even its fastest time
+            during a batch is slower than the fastest this runner has seen by more, the whole
+            batch ran on a slowed machine and is re-measured.
+        max_attempts: re-measurements of a disturbed batch; after that it is stored with what
+            the guard saw.
+        report_s: while waiting, one line saying why every this many seconds.
+        settle_s: quiet seconds required before timing resumes.
+    """
+
+    enabled: bool = True
+    max_foreign_cores: float = 0.5
+    max_steal: float = 0.05
+    ref_tolerance: float = 0.30
+    max_attempts: int = 3
+    report_s: float = 60.0
+    settle_s: float = 2.0
 
 
 @dataclass
 class MeasureResult:
-    """Outcome of one candidate: ``run_secs`` (all repeats) or ``error``."""
+    """Outcome of one candidate: ``run_secs`` (one estimate per round) or ``error``.
+
+    ``info`` holds what the guard saw while timing it (spread of the rounds, foreign load,
+    steal, reference drift, re-measurements): kept beside the record in a side file.
+    """
 
     run_secs: list[float] | None
     error: str | None = None
     build_s: float = 0.0
+    info: dict = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
         return self.error is None and bool(self.run_secs)
-
-
-@dataclass
-class _Job:
-    path: str | None
-    args: list[tuple[list[int], str]]
-    result: MeasureResult = field(default_factory=lambda: MeasureResult(None))
 
 
 def one_line(e: BaseException) -> str:
@@ -97,43 +162,137 @@ def build(mod: Any, target: Any, out_dir: str) -> str:
     return path
 
 
-def _time_module(path: str, args: list[tuple[list[int], str]], cfg: EvalConfig) -> list[float]:
-    import tvm
+# ---- the runner process -------------------------------------------------------------------------
+class _Runner:
+    """State of the runner process: loaded libraries, the reference kernel, real-time bookkeeping."""
 
-    dev = tvm.cpu(0)
-    lib = tvm.runtime.load_module(path)
-    rng = np.random.default_rng(0)
-    tensors = []
-    for shape, dtype in args:
-        if "float" in dtype:
-            arr = rng.uniform(-1, 1, size=shape).astype(dtype)
+    def __init__(self) -> None:
+        import tvm
+
+        self.tvm = tvm
+        self.dev = tvm.cpu(0)
+        self.libs: dict[int, tuple[Any, Any, list]] = {}
+        self.busy_since = time.perf_counter()
+        self.ref = None
+
+    def tensors(self, args: list, seed: int) -> list:
+        rng = np.random.default_rng(seed)
+        out = []
+        for shape, dtype in args:
+            arr = rng.random(size=shape, dtype=np.float32) if "float" in dtype else rng.integers(0, 8, size=shape)
+            out.append(self.tvm.runtime.tensor(arr.astype(dtype, copy=False), self.dev))
+        return out
+
+    def load(self, job: dict) -> None:
+        lib = self.tvm.runtime.load_module(job["path"])
+        fn = lib[lib.entry_name]
+        self.libs[job["id"]] = (lib, fn, [tuple(a) for a in job["args"]], None)
+
+    def time(self, job: dict) -> dict:
+        lib, fn, args, kept = self.libs[job["id"]]
+        spacer = None
+        if job["placement"] == "same":
+            if kept is None:
+                kept = self.tensors(args, 0)
+                self.libs[job["id"]] = (lib, fn, args, kept)
+            tensors = kept
         else:
-            arr = rng.integers(0, 8, size=shape).astype(dtype)
-        tensors.append(tvm.runtime.tensor(arr, dev))
-    f = lib.time_evaluator(lib.entry_name, dev, number=1, repeat=cfg.repeat, min_repeat_ms=cfg.min_repeat_ms)
-    return [float(x) for x in f(*tensors).results]
+            if job["placement"] == "shift":  # vary where the arguments land relative to pages and sets
+                spacer = np.empty(random.randrange(64, 1 << 20, 64), dtype=np.uint8)
+            tensors = self.tensors(args, job.get("seed", 0))
+        if job["placement"] != "same" or not job.get("warm"):
+            fn(*tensors)  # warm-up (lazy initialisation, page faults of fresh buffers)
+        f = lib.time_evaluator(lib.entry_name, self.dev, number=1, repeat=job["repeat"],
+                               min_repeat_ms=job["min_repeat_ms"])
+        out = self._timed(lambda: f(*tensors).results)
+        del spacer, tensors
+        return out
+
+    def _timed(self, call: Any) -> dict:
+        import resource
+
+        r0 = resource.getrusage(resource.RUSAGE_SELF)
+        w0, c0 = time.perf_counter(), time.thread_time()
+        res = [float(x) for x in call()]
+        w1, c1 = time.perf_counter(), time.thread_time()
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
+        if w1 - self.busy_since > 0.4:  # stay under SCHED_FIFO throttling (95% of each second)
+            time.sleep(0.03)
+            self.busy_since = time.perf_counter()
+        return {"ok": res, "wall": w1 - w0, "cpu": c1 - c0, "nivcsw": r1.ru_nivcsw - r0.ru_nivcsw}
+
+    def reference(self, job: dict) -> dict:
+        """A fixed 64x64x64 float32 matmul, built once per process: the machine's pulse."""
+        if self.ref is None:
+            from tvm import te
+
+            n = 64
+            a = te.placeholder((n, n), name="A")
+            b = te.placeholder((n, n), name="B")
+            k = te.reduce_axis((0, n), name="k")
+            c = te.compute((n, n), lambda i, j: te.sum(a[i, k] * b[k, j], axis=k), name="C")
+            exe = self.tvm.compile(te.create_prim_func([a, b, c]), target=self.tvm.target.Target(job["target"]))
+            with tempfile.TemporaryDirectory() as tmp:
+                exe.export_library(os.path.join(tmp, "ref.so"))
+                lib = self.tvm.runtime.load_module(os.path.join(tmp, "ref.so"))
+            self.ref = (lib, self.tensors([([n, n], "float32")] * 3, 0))
+        lib, tensors = self.ref
+        f = lib.time_evaluator(lib.entry_name, self.dev, number=1, repeat=3, min_repeat_ms=2)
+        return self._timed(lambda: f(*tensors).results)
+
+
+def _spread(estimates: list[float], keep: int) -> float:
+    """Relative spread (max/min - 1) of the ``keep`` fastest estimates; ``inf`` with fewer."""
+    if len(estimates) < keep:
+        return float("inf")
+    fast = sorted(estimates)[:keep]
+    return fast[-1] / fast[0] - 1
+
+
+def _set_realtime() -> bool:
+    try:
+        os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
+        return True
+    except (OSError, AttributeError, PermissionError):
+        return False
 
 
 def _worker_main(role: str) -> None:
     """Entry of a worker process: JSON jobs on stdin, one JSON answer line each on stdout.
 
-    ``role`` is ``build`` (IRModule JSON -> exported library path) or ``run`` (library -> timings).
+    ``role`` is ``build`` (IRModule JSON -> exported library path) or ``run`` (ops ``load``,
+    ``time``, ``unload``, ``reference``, ``realtime`` on libraries).
     """
     out = sys.stdout
     sys.stdout = sys.stderr  # anything TVM prints must not corrupt the answer stream
-    if role == "build":
-        import tvm
+    import tvm
 
+    if role == "build":
         from perfmodel._tvm import load_ms
 
         load_ms()
+    else:
+        runner = _Runner()
     for line in sys.stdin:
         job = json.loads(line)
         try:
             if role == "build":
-                ans = {"ok": build(tvm.ir.load_json(job["mod"]), tvm.target.Target(job["target"]), job["dir"])}
+                ans: dict = {"ok": build(tvm.ir.load_json(job["mod"]), tvm.target.Target(job["target"]), job["dir"])}
+            elif job["op"] == "load":
+                runner.load(job)
+                ans = {"ok": True}
+            elif job["op"] == "time":
+                ans = runner.time(job)
+            elif job["op"] == "unload":
+                runner.libs.clear()
+                ans = {"ok": True}
+            elif job["op"] == "reference":
+                ans = runner.reference(job)
+            elif job["op"] == "realtime":
+                ans = {"ok": _set_realtime() if job["on"] else False}
             else:
-                ans = {"ok": _time_module(job["path"], [tuple(a) for a in job["args"]], EvalConfig(**job["cfg"]))}
+                ans = {"error": f"unknown op {job['op']!r}"}
         except Exception as e:  # noqa: BLE001  a failing build or kernel is a result, not a crash
             ans = {"error": one_line(e)}
         out.write(json.dumps(ans) + "\n")
@@ -143,51 +302,56 @@ def _worker_main(role: str) -> None:
 class _Worker:
     """One long-lived ``python -m perfmodel.collect.measure <role>`` process.
 
-    Jobs go in one at a time; an answer that does not come within the timeout (an LLVM build that
-    never ends, a kernel that hangs) or a dead process (a crashing kernel) kills the worker, the job
-    is failed with the reason, and the next job starts a fresh process.
+    A small JSON-lines protocol over pipes rather than TVM's ``PopenPoolExecutor``: the runner
+    must keep a batch's libraries loaded across rounds, run under ``SCHED_FIFO`` on its own core
+    and answer many small requests (a few per timing) cheaply. An answer that does not come
+    within the timeout (an LLVM build that never ends, a kernel that hangs) or a dead process (a
+    crashing kernel) kills the worker; the job fails with the reason and the next starts afresh.
     """
 
     def __init__(self, role: str, threads: int) -> None:
         self.role = role
         self.threads = threads
         self.proc: subprocess.Popen | None = None
-        self.restarts = 0
 
-    def submit(self, payload: dict) -> None:
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
+
+    def submit(self, payload: dict) -> bool:
+        """Send a job; ``True`` when a fresh process had to be started for it."""
+        fresh = False
         if self.proc is None or self.proc.poll() is not None:
-            env = dict(os.environ, TVM_NUM_THREADS=str(self.threads))
+            env = dict(os.environ, TVM_NUM_THREADS=str(self.threads), OMP_NUM_THREADS="1")
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "perfmodel.collect.measure", self.role], stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True, bufsize=1)
+            fresh = True
         assert self.proc.stdin is not None
         try:
             self.proc.stdin.write(json.dumps(payload) + "\n")
             self.proc.stdin.flush()
         except OSError:
             pass  # answer() sees the dead process
+        return fresh
 
     def answer(self, timeout_s: float) -> tuple[Any, str | None]:
-        """``(value, None)`` or ``(None, error message)`` of the job in flight."""
+        """``(answer dict, None)`` or ``(None, error message)`` of the job in flight."""
         assert self.proc is not None and self.proc.stdout is not None
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout_s)
         if ready:
             line = self.proc.stdout.readline()
             if line:
                 ans = json.loads(line)
-                return (ans["ok"], None) if "ok" in ans else (None, f"{self.role}: {ans['error']}")
+                return (ans, None) if "ok" in ans else (None, f"{self.role}: {ans['error']}")
             err = f"{self.role}: worker process died" + (" (crashing kernel)" if self.role == "run" else "")
         else:
             err = f"{self.role}: timed out after {timeout_s:g}s"
         self.kill()
-        self.restarts += 1
         return None, err
 
-    def build(self, mod: Any, target_json: str, out_dir: str, timeout_s: float) -> tuple[str | None, str | None]:
-        """``(library path, None)`` or ``(None, error)``: builds ``mod`` in this (build) worker."""
-        import tvm
-
-        self.submit({"mod": tvm.ir.save_json(mod), "target": json.loads(target_json), "dir": out_dir})
+    def call(self, payload: dict, timeout_s: float) -> tuple[Any, str | None]:
+        self.submit(payload)
         return self.answer(timeout_s)
 
     def kill(self) -> None:
@@ -207,66 +371,328 @@ class _Worker:
         self.kill()
 
 
-class LocalMeasurer:
-    """Times candidates on this machine with two persistent workers, a builder and a runner.
+class _Builders:
+    """``n`` build workers used together on one batch (a build per worker at a time)."""
 
-    The build of one candidate overlaps the timing of the previous one; neither worker is
-    restarted between batches, only when it dies or runs past its timeout.
+    def __init__(self, n: int) -> None:
+        self.workers = [_Worker("build", threads=1) for _ in range(max(1, n))]
+
+    def build_all(self, mods: list[Any], target_json: str, out_dir: str, timeout_s: float
+                  ) -> list[tuple[str | None, str | None, float]]:
+        """``(path, error, seconds)`` per module, in order."""
+        import tvm
+
+        target = json.loads(target_json)
+        out: list[Any] = [None] * len(mods)
+        todo = list(range(len(mods)))
+        busy: dict[int, tuple[int, float]] = {}  # worker index -> (module index, start)
+        while todo or busy:
+            for w, worker in enumerate(self.workers):
+                if w not in busy and todo:
+                    i = todo.pop(0)
+                    worker.submit({"mod": tvm.ir.save_json(mods[i]), "target": target, "dir": out_dir})
+                    busy[w] = (i, time.perf_counter())
+            streams = {self.workers[w].proc.stdout: w for w in busy}  # type: ignore[union-attr]
+            now = time.perf_counter()
+            wait = max(0.0, min(t0 + timeout_s - now for _, t0 in busy.values()))
+            ready, _, _ = select.select(list(streams), [], [], wait)
+            for s in ready or []:
+                w = streams[s]
+                i, t0 = busy.pop(w)
+                ans, err = self.workers[w].answer(timeout_s)
+                out[i] = (ans["ok"] if ans else None, err, time.perf_counter() - t0)
+            if not ready:  # the oldest build ran past its timeout
+                for w, (i, t0) in list(busy.items()):
+                    if time.perf_counter() - t0 >= timeout_s:
+                        self.workers[w].kill()
+                        busy.pop(w)
+                        out[i] = (None, f"build: timed out after {timeout_s:g}s", timeout_s)
+        return out
+
+    @property
+    def pids(self) -> list[int]:
+        return [p for w in self.workers if (p := w.pid) is not None]
+
+    def close(self) -> None:
+        for w in self.workers:
+            w.close()
+
+
+# ---- the guard ----------------------------------------------------------------------------------
+class CpuMeter:
+    """Other processes' CPU use and steal time over an interval, from ``/proc``.
+
+    ``foreign`` = (busy CPU time of the whole machine - CPU time of ``own`` processes) / wall
+    time, in cores; ``steal`` = stolen / total CPU time.
+    """
+
+    def __init__(self, own: Any) -> None:
+        self.own = own  # callable -> list of our pids
+        self.hz = os.sysconf("SC_CLK_TCK")
+        self._t = self.sample()
+
+    @staticmethod
+    def _stat() -> tuple[float, float, float]:
+        with open("/proc/stat") as f:
+            v = [float(x) for x in f.readline().split()[1:]]
+        idle = v[3] + v[4]
+        steal = v[7] if len(v) > 7 else 0.0
+        busy = sum(v[:8]) - idle - steal
+        return busy, steal, sum(v[:8])
+
+    def _own(self) -> float:
+        total = 0.0
+        for pid in [os.getpid(), *self.own()]:
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    parts = f.read().rsplit(")", 1)[1].split()
+                total += float(parts[11]) + float(parts[12])  # utime + stime
+            except (OSError, IndexError, ValueError):
+                continue
+        return total
+
+    def sample(self) -> tuple[float, float, float, float, float]:
+        busy, steal, total = self._stat()
+        return time.perf_counter(), busy, steal, total, self._own()
+
+    def since(self, start: tuple | None = None) -> dict:
+        """``{"foreign": cores, "steal": fraction, "s": seconds}`` since ``start`` (default: the last call)."""
+        a = start or self._t
+        b = self.sample()
+        self._t = b
+        wall = max(b[0] - a[0], 1e-6)
+        foreign = max(0.0, (b[1] - a[1]) - (b[4] - a[4])) / self.hz / wall
+        steal = (b[2] - a[2]) / max(b[3] - a[3], 1.0)
+        return {"foreign": round(foreign, 3), "steal": round(steal, 4), "s": round(wall, 2)}
+
+
+def busiest_processes(n: int = 3, exclude: Iterable[int] = ()) -> str:
+    """The ``n`` processes using the most CPU right now, as ``name(pid) 93%``, for the guard's line."""
+    try:
+        import psutil
+    except ImportError:  # pragma: no cover
+        return ""
+    skip = set(exclude)
+    procs = [p for p in psutil.process_iter(["pid", "name"]) if p.info["pid"] not in skip]
+    for p in procs:
+        try:
+            p.cpu_percent(None)
+        except psutil.Error:
+            pass
+    time.sleep(0.3)
+    use = []
+    for p in procs:
+        try:
+            use.append((p.cpu_percent(None), p.info["name"], p.info["pid"]))
+        except psutil.Error:
+            continue
+    use.sort(reverse=True)
+    return ", ".join(f"{name}({pid}) {pct:.0f}%" for pct, name, pid in use[:n] if pct >= 5)
+
+
+# ---- the measurer ---------------------------------------------------------------------------------
+@dataclass
+class _Cand:
+    index: int
+    path: str | None
+    args: list
+    result: MeasureResult
+
+
+class LocalMeasurer:
+    """Times candidates on this machine with the protocol of the module docstring.
 
     Args:
         target: a ``tvm.target.Target``.
-        cfg: timing configuration.
+        protocol: how to time (default :class:`Protocol`).
+        guard: when the machine is too busy (default :class:`Guard`); ``Guard(enabled=False)``
+            times whatever the load.
+        log: where the guard's one-line messages go (default: stderr).
     """
 
-    def __init__(self, *, target: Any, cfg: EvalConfig | None = None) -> None:
+    def __init__(self, *, target: Any, protocol: Protocol | None = None, guard: Guard | None = None,
+                 log: Any = None) -> None:
         self.target = target
-        self.cfg = cfg or EvalConfig()
-        self._builder = _Worker("build", threads=1)
-        self._runner = _Worker("run", threads=self.cfg.threads)
+        self.protocol = protocol or Protocol()
+        self.guard = guard or Guard()
+        self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self._builders = _Builders(self.protocol.build_workers)
+        self._runner = _Worker("run", threads=self.protocol.threads)
         self._tmp = tempfile.mkdtemp(prefix="perfmodel-measure-")
         self._target_json = json.dumps(_plain(target.export()))
+        self._meter = CpuMeter(self._pids)
+        self._ref_base: float | None = None  # fastest reference time seen by this runner
+        self.waited_s = 0.0
+        self.remeasured = 0
+
+    def _pids(self) -> list[int]:
+        return [p for p in [self._runner.pid, *self._builders.pids] if p is not None]
 
     def measure(self, items: Iterable[tuple[Any, Any]]) -> list[MeasureResult]:
-        """Time ``(scheduled IRModule, args_info)`` pairs; results come back in the same order."""
-        return list(self.iter_measure(items))
+        """Time ``(scheduled IRModule, args_info)`` pairs as one batch; results in the same order."""
+        items = list(items)
+        if not items:
+            return []
+        cands = []
+        built = self._builders.build_all([m for m, _ in items], self._target_json, self._tmp,
+                                         self.protocol.build_timeout_s)
+        for i, ((_, args_info), (path, err, secs)) in enumerate(zip(items, built)):
+            cands.append(_Cand(i, path, args_of(args_info), MeasureResult(None, err, build_s=secs)))
+        try:
+            self._time_batch([c for c in cands if c.path is not None])
+        finally:
+            for c in cands:
+                if c.path:
+                    try:
+                        os.remove(c.path)
+                    except OSError:
+                        pass
+        return [c.result for c in cands]
 
     def iter_measure(self, items: Iterable[tuple[Any, Any]]) -> Iterator[MeasureResult]:
-        import time
+        yield from self.measure(items)
 
-        pending: _Job | None = None
-        for mod, args_info in items:
-            t0 = time.perf_counter()
-            job = _Job(path=None, args=args_of(args_info))
-            job.path, err = self._builder.build(mod, self._target_json, self._tmp, self.cfg.build_timeout_s)
-            job.result.error = err
-            job.result.build_s = time.perf_counter() - t0
-            if pending is not None:
-                yield self._finish(pending)
-                pending = None
-            if job.path is None:
-                yield job.result
+    # ---- one batch ------------------------------------------------------------------------
+    def _start_runner(self) -> None:
+        if self._runner.pid is None:
+            self._runner.call({"op": "realtime", "on": self.protocol.realtime}, 60.0)
+
+    def _reference(self) -> float | None:
+        self._start_runner()
+        ans, _ = self._runner.call({"op": "reference", "target": json.loads(self._target_json)}, 60.0)
+        if ans is None:  # the reference failing says nothing about the candidates
+            return None
+        return min(ans["ok"]) if ans else None
+
+    def _load(self, cands: list[_Cand]) -> list[_Cand]:
+        """Load the libraries of ``cands`` into the runner; the ones that crash it fail."""
+        self._start_runner()
+        live = []
+        for c in cands:
+            if c.result.error is not None:
                 continue
-            self._runner.submit({"path": job.path, "args": job.args, "cfg": asdict(self.cfg)})
-            pending = job
-        if pending is not None:
-            yield self._finish(pending)
+            ans, err = self._runner.call({"op": "load", "id": c.index, "path": c.path, "args": c.args},
+                                         self.protocol.timeout_s)
+            if ans is None:
+                c.result.error = err
+                if self._runner.pid is None:  # the crash took the loaded ones with it
+                    return self._load(cands)
+            else:
+                live.append(c)
+        self._live = live
+        return live
 
-    def _finish(self, job: _Job) -> MeasureResult:
-        job.result.run_secs, job.result.error = self._runner.answer(self.cfg.timeout_s)
-        if job.path:
-            try:
-                os.remove(job.path)
-            except OSError:
-                pass
-        return job.result
+    def _time_batch(self, cands: list[_Cand]) -> None:
+        if not cands:
+            return
+        g, p = self.guard, self.protocol
+        for attempt in range(1, g.max_attempts + 2):
+            if g.enabled:
+                self._wait_quiet()
+            live = self._load(cands)
+            if not live:
+                break
+            start = self._meter.sample()
+            refs = []
+            rounds: dict[int, list[float]] = {c.index: [] for c in live}
+            switched = {c.index: 0 for c in live}
+            for r in range(p.max_rounds):
+                todo = [c for c in live if c.result.error is None and (r < p.keep or (
+                    sum(rounds[c.index]) < p.budget_ms / 1e3
+                    and (r < p.rounds or _spread(rounds[c.index], p.keep) > p.max_spread)))]
+                if not todo:
+                    break
+                if g.enabled:
+                    refs.append(self._reference())
+                for c in todo[r % len(todo):] + todo[:r % len(todo)]:
+                    est = self._time_one(c, seed=r, switched=switched)
+                    if est is not None:
+                        rounds[c.index].append(est)
+            load = self._meter.since(start)
+            drift = None
+            refs = [x for x in refs if x]
+            if refs:  # the fastest reference of the batch against the fastest this runner has seen
+                self._ref_base = min(x for x in (self._ref_base, *refs) if x)
+                drift = min(refs) / self._ref_base - 1
+            bad = []
+            if g.enabled:
+                if load["foreign"] > g.max_foreign_cores:
+                    bad.append(f"other processes used {load['foreign']:.2f} cores")
+                if load["steal"] > g.max_steal:
+                    bad.append(f"steal {load['steal']:.1%}")
+                if drift is not None and drift > g.ref_tolerance:
+                    bad.append(f"reference kernel {drift:+.1%} slower than its best")
+            info = {"protocol": PROTOCOL_VERSION, "foreign": load["foreign"], "steal": load["steal"],
+                    "ref_drift": None if drift is None else round(drift, 4), "attempt": attempt,
+                    "ref_s": min(refs) if refs else None}
+            if bad and attempt <= g.max_attempts:
+                self.remeasured += 1
+                self.log(f"guard: batch of {len(live)} disturbed ({'; '.join(bad)}); waiting to re-measure "
+                         f"(attempt {attempt + 1}/{g.max_attempts + 1})")
+                continue
+            if bad:
+                info["disturbed"] = "; ".join(bad)
+            self._finish(live, rounds, switched, info)
+            break
+        if self._runner.pid is not None:
+            self._runner.call({"op": "unload"}, 10.0)
+
+    def _time_one(self, c: _Cand, *, seed: int, switched: dict) -> float | None:
+        """One round of one candidate: its fastest repeat; re-timed (up to twice) when switched out."""
+        p = self.protocol
+        for _ in range(3):
+            ans, err = self._runner.call({"op": "time", "id": c.index, "repeat": p.repeat, "seed": seed,
+                                          "min_repeat_ms": p.min_repeat_ms, "placement": p.placement, "warm": seed > 0},
+                                         p.timeout_s)
+            if ans is None:
+                c.result.error = err
+                if self._runner.pid is None:  # it crashed: the others need their libraries again
+                    self._load([x for x in self._live if x is not c])
+                return None
+            if ans["cpu"] >= 0.95 * ans["wall"] or not self.guard.enabled:
+                return min(ans["ok"])
+            switched[c.index] += 1
+        return min(ans["ok"])
+
+    def _finish(self, live: list[_Cand], rounds: dict, switched: dict, info: dict) -> None:
+        p = self.protocol
+        for c in live:
+            est = sorted(rounds[c.index])
+            if c.result.error is not None or not est:
+                c.result.error = c.result.error or "run: no timing"
+                continue
+            spread = _spread(est, p.keep)
+            c.result.run_secs = [float(x) for x in est[:p.keep]]
+            c.result.info = dict(info, rounds=len(est), spread=round(spread, 4), switched=switched[c.index],
+                                 unstable=spread > p.max_spread)
+
+    def _wait_quiet(self) -> None:
+        """Block until other processes leave the machine quiet for ``settle_s``; one line per ``report_s``."""
+        g = self.guard
+        t0 = time.perf_counter()
+        last_report = -1e9
+        while True:
+            start = self._meter.sample()
+            time.sleep(g.settle_s)
+            load = self._meter.since(start)
+            if load["foreign"] <= g.max_foreign_cores and load["steal"] <= g.max_steal:
+                self.waited_s += time.perf_counter() - t0 - g.settle_s
+                return
+            now = time.perf_counter()
+            if now - last_report >= g.report_s:
+                last_report = now
+                who = busiest_processes(exclude=[os.getpid(), *self._pids()])
+                self.log(f"guard: waiting for a quiet machine ({now - t0:.0f} s so far): other processes use "
+                         f"{load['foreign']:.2f} cores (limit {g.max_foreign_cores}), steal {load['steal']:.1%}"
+                         + (f"; busiest: {who}" if who else ""))
 
     @property
-    def restarts(self) -> int:
-        return self._runner.restarts + self._builder.restarts
+    def pids(self) -> list[int]:
+        return self._pids()
 
     def close(self) -> None:
         self._runner.close()
-        self._builder.close()
+        self._builders.close()
         shutil.rmtree(self._tmp, ignore_errors=True)
 
     def __enter__(self) -> LocalMeasurer:
@@ -280,103 +706,6 @@ def _plain(obj: Any) -> Any:
     from perfmodel.collect.sampler import to_py
 
     return to_py(obj)
-
-
-class RPCMeasurer:
-    """Times candidates on a device registered with TVM's RPC tracker under ``key``.
-
-    The library is built here for the device's target, uploaded, loaded and timed remotely, one
-    session for the whole job (reconnected if it drops). A tracker that cannot be reached fails
-    at construction with one clear line.
-    """
-
-    def __init__(self, *, target: Any, host: str, port: int, key: str, cfg: EvalConfig | None = None,
-                 session_timeout_s: float = 60.0) -> None:
-        self.target = target
-        self.cfg = cfg or EvalConfig()
-        self.host, self.port, self.key = host, int(port), key
-        self.session_timeout_s = session_timeout_s
-        self._tmp = tempfile.mkdtemp(prefix="perfmodel-rpc-")
-        self._session = None
-        self.restarts = 0
-        self._connect()
-        # builds run in a persistent local worker with the same timeout as LocalMeasurer's
-        self._builder = _Worker("build", threads=1)
-        self._target_json = json.dumps(_plain(target.export()))
-
-    def _connect(self) -> None:
-        from tvm import rpc
-
-        try:
-            tracker = rpc.connect_tracker(self.host, self.port)
-            keys = {str(item["key"]).split(":")[-1] for item in tracker.summary()["server_info"]}
-        except Exception as e:  # noqa: BLE001
-            raise ConnectionError(
-                f"RPC tracker {self.host}:{self.port} (key {self.key!r}) unreachable: {one_line(e)}") from None
-        if self.key not in keys:  # request() would wait forever for a server that never comes
-            raise ConnectionError(f"RPC tracker {self.host}:{self.port}: no server registered under key "
-                                  f"{self.key!r} (registered: {sorted(keys) or 'none'})")
-        try:
-            self._session = tracker.request(self.key, priority=1, session_timeout=0)
-        except Exception as e:  # noqa: BLE001
-            raise ConnectionError(
-                f"RPC tracker {self.host}:{self.port} (key {self.key!r}) unreachable: {one_line(e)}") from None
-
-    def measure(self, items: Iterable[tuple[Any, Any]]) -> list[MeasureResult]:
-        return list(self.iter_measure(items))
-
-    def iter_measure(self, items: Iterable[tuple[Any, Any]]) -> Iterator[MeasureResult]:
-        import time
-
-        for mod, args_info in items:
-            res = MeasureResult(None)
-            t0 = time.perf_counter()
-            path, err = self._builder.build(mod, self._target_json, self._tmp, self.cfg.build_timeout_s)
-            if path is None:
-                res.error = err
-                yield res
-                continue
-            res.build_s = time.perf_counter() - t0
-            try:
-                res.run_secs = self._run(path, args_of(args_info))
-            except Exception as e:  # noqa: BLE001
-                res.error = f"run: {one_line(e)}"
-                self.restarts += 1
-                try:
-                    self._connect()
-                except ConnectionError:
-                    pass
-            finally:
-                os.remove(path)
-            yield res
-
-    def _run(self, path: str, args: list[tuple[list[int], str]]) -> list[float]:
-        import tvm
-
-        sess = self._session
-        name = os.path.basename(path)
-        sess.upload(path)
-        lib = sess.load_module(name)
-        dev = sess.cpu(0)
-        rng = np.random.default_rng(0)
-        tensors = [tvm.runtime.tensor(rng.uniform(-1, 1, size=s).astype(d) if "float" in d
-                                      else rng.integers(0, 8, size=s).astype(d), dev) for s, d in args]
-        f = lib.time_evaluator(lib.entry_name, dev, number=1, repeat=self.cfg.repeat,
-                               min_repeat_ms=self.cfg.min_repeat_ms)
-        out = [float(x) for x in f(*tensors).results]
-        sess.remove(name)
-        return out
-
-    def close(self) -> None:
-        self._session = None
-        self._builder.close()
-        shutil.rmtree(self._tmp, ignore_errors=True)
-
-    def __enter__(self) -> RPCMeasurer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 if __name__ == "__main__":
