@@ -19,8 +19,8 @@ import warnings
 
 from perfmodel.evaluate.cli import heldout_from, load_predictor
 from perfmodel.evaluate.evaluator import DEFAULT_TRAIN_DB, evaluate
-from perfmodel.evaluate.metrics import RANKING
 from perfmodel.evaluate.report import table
+from perfmodel.metrics import RANKING
 
 TARGETS = {"pairwise_acc": 0.90, "peak1": 0.90, "mape": 0.20}
 

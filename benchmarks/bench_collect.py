@@ -1,7 +1,10 @@
 """Valid records per hour: our collector against plain ``ms.tune_tir`` on the same tasks and trial budget.
 
-Both measure with the same evaluator settings (3 repeats, 20 ms minimum per repeat, 1 thread) and
-the same target, in this one run. Usage: ``python benchmarks/bench_collect.py [--quick]``.
+Both time every candidate with the project's one protocol (perfmodel.collect.measure: build first,
+interleaved adaptive rounds, the guard), ``tune_tir`` through :class:`perfmodel.collect.runner.ProtocolRunner`,
+on the same native target (this CPU's mcpu, 1 thread), in this one run.
+Usage: ``python benchmarks/bench_collect.py [--quick]``. Last line JSON: ``collector_records_per_hour``,
+``tune_tir_records_per_hour``, ``ratio_vs_tune_tir``.
 """
 
 from __future__ import annotations
@@ -12,14 +15,13 @@ import tempfile
 import time
 
 from perfmodel.collect.collector import CollectConfig, collect
-from perfmodel.collect.measure import EvalConfig
-from perfmodel.workloads import DEFAULT_TARGET, get_task
+from perfmodel.workloads import get_task, native_target
 
 
 def run_collector(tasks: list[str], trials: int, out: str) -> tuple[int, float]:
     t0 = time.perf_counter()
     res = collect(CollectConfig(out_dir=out, hardware="bench", tasks=tasks, n_random=trials // 2,
-                                n_evolve=trials - trials // 2, batch=16, progress=False, eval=EvalConfig()))
+                                n_evolve=trials - trials // 2, batch=16, progress=False))
     return sum(v["valid"] for v in res.values()), time.perf_counter() - t0
 
 
@@ -29,21 +31,23 @@ def run_tune_tir(tasks: list[str], trials: int, out: str) -> tuple[int, float]:
     import tvm
 
     from perfmodel._tvm import load_ms
+    from perfmodel.collect.runner import ProtocolRunner
 
     ms = load_ms()
     os.environ["TVM_NUM_THREADS"] = "1"
-    target = tvm.target.Target(DEFAULT_TARGET)
-    cfg = EvalConfig()
+    target = tvm.target.Target(native_target())
     n = 0
     t0 = time.perf_counter()
     for i, name in enumerate(tasks):
         # Stock builder/runner, given the same fast TVM import as ours: with TVM's defaults every
         # build worker spends ~20 s importing tensor intrinsics and times out (30 s) on this machine.
         builder = ms.builder.LocalBuilder(timeout_sec=120, initializer=load_ms)
-        runner = ms.runner.LocalRunner(timeout_sec=cfg.timeout_s, evaluator_config=ms.runner.EvaluatorConfig(
-            number=1, repeat=cfg.repeat, min_repeat_ms=cfg.min_repeat_ms))
-        db = ms.tune_tir(get_task(name).mod, target=target, work_dir=f"{out}/tune{i}", max_trials_global=trials,
-                         num_trials_per_iter=16, builder=builder, runner=runner, seed=1)
+        runner = ProtocolRunner(target=target)
+        try:
+            db = ms.tune_tir(get_task(name).mod, target=target, work_dir=f"{out}/tune{i}", max_trials_global=trials,
+                             num_trials_per_iter=16, builder=builder, runner=runner, seed=1)
+        finally:
+            runner.close()
         n += sum(1 for r in db.get_all_tuning_records() if r.run_secs and min(float(x) for x in r.run_secs) < 1e9)
     return n, time.perf_counter() - t0
 

@@ -7,13 +7,16 @@ independent passes (each pass its own processes, minutes apart):
 - ``tvm`` x2: TVM's ``LocalBuilder`` + ``LocalRunner`` with ``EvaluatorConfig(number=3,
   repeat=5, min_repeat_ms=50)``, a fresh pool per pass, all builds before the runs (the reference);
 - ``loaded``: ours again while a process this script starts burns CPU in bursts (5 s on, 5 s off);
+- ``niced``: ours again while a ``nice -n 19`` process burns CPU all the time (what the guard lets
+  run beside a collection: tests or training started with ``nice``);
 - the stored labels against the first ``ours`` pass.
 
 Each comparison is scored like a cost model: per-task pairwise agreement of the two time vectors,
 and the median |t2/t1 - 1|. Prints one line per task and comparison, and as the last line a
 JSON object with ``pass_pairwise``, ``pass_median_rel``, ``tvm_pass_pairwise``,
 ``tvm_pass_median_rel``, ``stored_pairwise``, ``stored_median_rel``, ``loaded_pairwise``,
-``loaded_median_rel``, ``records``, ``tasks`` (and the protocol used, minutes taken).
+``loaded_median_rel``, ``niced_pairwise``, ``niced_median_rel``, ``records``, ``tasks`` (and the
+protocol used, minutes taken).
 
     python benchmarks/bench_noise.py [--db DIR] [--n 24] [--tasks A,B,...] [--passes ours,tvm,loaded]
                                      [--target stored|native] [--protocol rounds=3,placement=shift,...]
@@ -39,8 +42,11 @@ DEFAULT_TASKS = ["C2D-2", "GMM-1", "DEP-1", "NRM-1", "SFM-1", "T2D-2",
                  "resnet18-b1/fused_conv2d7_subtract3_divide3_multiply3_add8", "bert_layer-b1/layer_norm"]
 
 
-def _burn(stop: mp.Event, on_s: float, off_s: float) -> None:
-    """Busy-loop ``on_s`` seconds, sleep ``off_s``, until ``stop`` is set."""
+def _burn(stop: mp.Event, on_s: float, off_s: float, nice: int = 0) -> None:
+    """Busy-loop ``on_s`` seconds, sleep ``off_s``, until ``stop`` is set (at niceness ``nice``)."""
+    import os
+
+    os.nice(nice)
     x = 0
     while not stop.is_set():
         t0 = time.perf_counter()
@@ -51,7 +57,7 @@ def _burn(stop: mp.Event, on_s: float, off_s: float) -> None:
 
 def pair_scores(a: np.ndarray, b: np.ndarray, groups: list[str]) -> tuple[float, float]:
     """Mean per-task pairwise agreement of two time vectors, and the median |b/a - 1|."""
-    from perfmodel.evaluate.metrics import task_metrics
+    from perfmodel.metrics import task_metrics
 
     m = task_metrics(np.log(a), np.log(b), groups)
     return float(m["pairwise_acc"]), float(np.median(np.abs(b / a - 1)))
@@ -63,7 +69,7 @@ def main() -> int:
     ap.add_argument("--tasks", default=",".join(DEFAULT_TASKS))
     ap.add_argument("--n", type=int, default=24, help="records per task")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--passes", default="ours,tvm,loaded")
+    ap.add_argument("--passes", default="ours,tvm,loaded,niced")
     ap.add_argument("--target", default="stored", help="stored: each record's own target; native: this CPU")
     ap.add_argument("--protocol", default="", help="overrides of Protocol fields, e.g. rounds=1,placement=same")
     ap.add_argument("--no-guard", action="store_true", help="time without the guard (to see what it buys)")
@@ -75,7 +81,7 @@ def main() -> int:
 
     from perfmodel._tvm import load_ms
     from perfmodel.collect.database import Database
-    from perfmodel.collect.measure import Guard, LocalMeasurer, Protocol
+    from perfmodel.collect.measure import Guard, LocalMeasurer, Protocol, label_secs
     from perfmodel.workloads import DEFAULT_DB, native_target, task_of_mod
 
     ms = load_ms()
@@ -111,13 +117,17 @@ def main() -> int:
     for name, rec, _ in picked:
         target_of[name] = tvm.target.Target(native_target() if args.target == "native" else rec.target)
 
-    def ours() -> np.ndarray:
-        out = []
+    refs: dict[str, np.ndarray] = {}  # fastest reference-kernel time of each record's batch, per pass
+
+    def ours(label: str) -> np.ndarray:
+        out, ref = [], []
         for name in tasks_in:
             items = [(c.sch.mod, c.args_info) for n, _, c in picked if n == name]
             with LocalMeasurer(target=target_of[name], protocol=proto, guard=guard) as m:
                 res = m.measure(items)
-            out += [float(np.median(r.run_secs)) if r.ok else np.nan for r in res]
+            out += [label_secs(r.run_secs) if r.ok else np.nan for r in res]
+            ref += [r.info.get("ref_s") or np.nan for r in res]
+        refs[label] = np.array(ref, dtype=np.float64)
         return np.array(out)
 
     def tvm_pass() -> np.ndarray:
@@ -139,7 +149,7 @@ def main() -> int:
         return np.array(out)
 
     groups = [n for n, _, _ in picked]
-    stored = np.array([float(np.median(r.run_secs)) for _, r, _ in picked])
+    stored = np.array([label_secs(r.run_secs) for _, r, _ in picked])
     passes: dict[str, np.ndarray] = {}
     wanted = args.passes.split(",")
     plan = [("ours1", ours), ("ours2", ours)] if "ours" in wanted else []
@@ -147,19 +157,24 @@ def main() -> int:
         plan += [("tvm1", tvm_pass), ("tvm2", tvm_pass)]
     if "loaded" in wanted:
         plan.append(("loaded", None))
+    if "niced" in wanted:
+        plan.append(("niced", None))
     for i, (label, fn) in enumerate(plan):
         if i:
             time.sleep(args.pause)
         t0 = time.perf_counter()
-        if label == "loaded":
+        if label in ("loaded", "niced"):
             stop = mp.Event()
-            burner = mp.Process(target=_burn, args=(stop, 5.0, 5.0), daemon=True)
+            burner = mp.Process(target=_burn, args=(stop, 5.0, 5.0) if label == "loaded" else (stop, 1e9, 0.0, 19),
+                                daemon=True)
             burner.start()
             try:
-                passes[label] = ours()
+                passes[label] = ours(label)
             finally:
                 stop.set()
                 burner.join(10)
+        elif label.startswith("ours"):
+            passes[label] = fn(label)
         else:
             passes[label] = fn()
         print(f"pass {label}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
@@ -184,6 +199,15 @@ def main() -> int:
         out["tvm_pass_pairwise"], out["tvm_pass_median_rel"] = score("tvm1", passes["tvm1"], "tvm2")
     if "loaded" in passes and "ours1" in passes:
         out["loaded_pairwise"], out["loaded_median_rel"] = score("ours1", passes["ours1"], "loaded")
+    if "niced" in passes and "ours1" in passes:
+        out["niced_pairwise"], out["niced_median_rel"] = score("ours1", passes["ours1"], "niced")
+    if "ours1" in passes and np.isfinite(refs["ours1"]).all() and np.isfinite(refs["ours2"]).all():
+        # the same comparison with each time divided by its batch's fastest reference-kernel time:
+        # how much of the pass-to-pass difference is the whole machine being slower or faster
+        base = np.nanmin(np.r_[refs["ours1"], refs["ours2"]])
+        passes["ours1_ref"] = passes["ours1"] / refs["ours1"] * base
+        passes["ours2_ref"] = passes["ours2"] / refs["ours2"] * base
+        out["refnorm_pass_pairwise"], out["refnorm_pass_median_rel"] = score("ours1r", passes["ours1_ref"], "ours2_ref")
     out = {k: round(v, 4) for k, v in out.items()}
     out.update(records=len(picked), tasks=len(tasks_in), db=str(db.path), target=args.target,
                protocol=asdict(proto), guard=guard.enabled,

@@ -1,19 +1,39 @@
-"""Does the pretrained GNN cut the trials MetaSchedule needs to reach a fast kernel, next to TVM's XGBoost model?
+"""Does the pretrained GNN cut the trials and the seconds MetaSchedule needs to reach a fast kernel, next to TVM's XGBoost model?
 
-On tasks the shipped checkpoint never saw (not in conf/collect.yaml ``tasks_default``), runs one
-``perfmodel tune`` per cost model -- the pretrained GNN, TVM's XGBModel (from scratch, its
-default) and random -- with the largest budget, in this one run, and reads the best-so-far curve
-at 32, 64, 128, ... trials from each database in record order. Reports per task the best latency
-against trials, the trials the GNN needs to reach XGB's final best, each cost model's share of the
-tuning wall time (seconds in predict + update / total), and the scoring throughput of the GNN and of
-XGB on the same candidates (the task's measured schedules; featurization included; XGB trained on
-them first, since during tuning it scores at random until it has 100 measurements).
+On tasks the shipped checkpoint never saw (not in conf/collect.yaml ``tasks_default``) and on one
+whole network, runs one ``perfmodel tune`` per (task, cost model, search seed) -- the pretrained
+GNN, TVM's XGBModel (from scratch, its default) and random -- all in this one run, with the same
+budget, timing protocol and native target. The network (default ``bert_layer`` batch 1) is tuned
+with a global budget over all its tasks by TVM's gradient task scheduler, one seed, then compiled
+with each model's database and timed end to end (beside its untuned build and PyTorch eager).
 
-Last line: JSON with ``trials_saved_vs_xgb`` (XGB's budget / trials the GNN needed to match XGB's
-final best, averaged over tasks; the GNN's full budget when it never matched), ``predict_per_s_gnn``,
-``predict_per_s_xgb`` and ``tasks`` (per task and model: best latency in seconds at each budget).
+Reports per task and for the network: best latency against trials and against wall-clock seconds
+(the time each record was measured, from the runner, relative to the run's start; a picture per
+task, ``<out>/<task>/best_latency.png``), the trials and seconds the GNN needs to reach XGB's final
+best, the final bests, each cost model's share of the tuning time (seconds in predict + update /
+total), the GNN's fallback counter, and the scoring throughput of the GNN and of XGB on the same
+candidates (the task's measured schedules; featurization included; XGB trained on them first, since
+during tuning it scores at random until it has 100 measurements). A run whose every candidate fails
+is reported and the benchmark goes on; a run that raises is reported and redone by the next start.
 
-    python benchmarks/bench_tune.py [--quick] [--tasks A,B] [--trials N] [--checkpoint PATH] [--out DIR]
+Resumable: each (task, model, seed) tunes into its own ``<out>/<task>/<model>-s<seed>/`` (its
+MetaSchedule database and logs) and, once finished, writes ``summary.json`` there. A run with a
+``summary.json`` is read back, not redone. A run killed before its summary (a half database, no
+summary) is started clean on the next start: its directory is removed and the run redone from
+scratch, since a search continued from a half database would have neither its own curve nor its
+own clock. So a killed benchmark is restarted with the same command and loses at most the run in
+progress.
+
+Last line: JSON with ``trials_saved_vs_xgb`` (median over tasks and seeds of the trials XGB took to
+reach its final best / the trials the GNN took to reach it; the GNN's whole budget when it never
+did, an upper bound), ``seconds_saved_vs_xgb`` (the same with seconds), ``final_best_ratio_vs_xgb``
+(geometric mean over tasks and seeds of GNN final best / XGB final best; lower is better),
+``network_latency_ms`` (per model, measured end to end), ``cost_model_share`` (per model),
+``predict_per_s_gnn``, ``predict_per_s_xgb``, ``network`` (the network's details) and ``tasks``
+(per task: best latency at each budget of trials and of seconds, per model and seed).
+
+    python benchmarks/bench_tune.py [--quick] [--tasks A,B] [--trials N] [--seeds 1,2] [--network bert_layer|resnet18|none]
+        [--network-trials N] [--checkpoint PATH] [--no-guard] [--override KEY=VALUE ...] [--out DIR]
 """
 
 from __future__ import annotations
@@ -22,18 +42,23 @@ import argparse
 import json
 import math
 import os
+import shutil
+import statistics
 import sys
 import time
+import traceback
 import warnings
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 # Not in the pretrained model's training data (conf/collect.yaml tasks_default); small enough to afford.
 TASKS = ["GRP-3", "SFM-3", "TBG-3", "mobilenetv2-b8/fused_conv2d14_subtract9_divide9_multiply9_add17",
          "CAP-1", "NRM-3", "DIL-3", "resnet18-b8/fused_matmul_add13"]
-QUICK_TASKS = TASKS[:4]
+QUICK_TASKS = TASKS[:3]
 MODELS = ["gnn", "xgb", "random"]
 TARGET_SAVED = 4.0
+SUMMARY = "summary.json"  # written last by a finished run: its presence alone marks the run done
 
 
 def budgets(max_trials: int) -> list[int]:
@@ -45,49 +70,142 @@ def budgets(max_trials: int) -> list[int]:
     return out + [max_trials]
 
 
-def run_task(task: str, args: argparse.Namespace, out_dir: Path) -> dict:
-    """One tuning run per cost model on ``task``; returns their curves, stats and work dirs."""
-    from perfmodel.cli import compose
+def time_marks(max_s: float) -> list[int]:
+    """30, 60, 120, ... seconds up to the first mark at or past ``max_s``."""
+    out, t = [], 30
+    while True:
+        out.append(t)
+        if t >= max_s:
+            return out
+        t *= 2
+
+
+def run_dir(out_dir: Path, label: str, model: str, seed: int) -> Path:
+    """Where the (task or network ``label``, ``model``, ``seed``) run keeps its database and summary."""
+    return out_dir / label.replace("/", "__") / f"{model}-s{seed}"
+
+
+def run_one(wd: Path, overrides: list[str]) -> dict[str, Any]:
+    """One ``perfmodel tune`` run into ``wd``, or its stored summary when it finished before.
+
+    A finished run (``wd/summary.json``) is read back with ``resumed: True``. Anything else in ``wd``
+    is an unfinished run's: removed, and the run done from scratch. The summary is written
+    atomically, after the run. A run that raises returns ``{"error": ...}`` and writes no summary.
+    """
+    from perfmodel.config import compose
     from perfmodel.tune import tune
 
-    runs = {}
-    for model in MODELS:
-        wd = out_dir / task.replace("/", "__") / model
-        if wd.exists():
-            import shutil
+    summary = wd / SUMMARY
+    if summary.is_file():
+        return {**json.loads(summary.read_text()), "resumed": True}
+    if wd.exists():
+        print(f"  {wd}: an unfinished run (no {SUMMARY}): starting it clean", flush=True)
+        shutil.rmtree(wd)
+    try:
+        out = tune(compose("tune", [*overrides, f"work_dir={wd}"]))
+    except Exception as e:  # noqa: BLE001  reported; the benchmark goes on, the next start redoes it
+        traceback.print_exc()
+        return {"error": f"{type(e).__name__}: {e}".strip().splitlines()[0][:300], "work_dir": str(wd)}
+    out = {**out, "overrides": overrides}
+    tmp = summary.with_suffix(".tmp")
+    tmp.write_text(json.dumps(out, indent=1))
+    os.replace(tmp, summary)
+    return {**out, "resumed": False}
 
-            shutil.rmtree(wd)
-        overrides = [f"task={task}", f"cost_model={model}", f"trials={args.trials}", f"work_dir={wd}",
-                     f"trials_per_iter={args.per_iter}", f"population={args.population}", f"seed={args.seed}",
-                     f"eval.timeout_s={args.run_timeout}", "plot=false"]
-        if args.checkpoint:
-            overrides.append(f"checkpoint={args.checkpoint}")
-        if args.frozen:
-            overrides.append("gnn.frozen=true")
-        print(f"\n=== {task}: {model}, {args.trials} trials", flush=True)
-        runs[model] = tune(compose("tune", overrides))
-    return runs
+
+def curve_of(run: dict) -> list[float]:
+    """A run's best-so-far latency per trial, ``inf`` where there is none yet."""
+    return [math.inf if v is None else float(v) for v in run.get("curve") or []]
 
 
-def scoring_throughput(task: str, runs: dict, checkpoint: str | None) -> dict[str, float]:
+def best_at_seconds(curve: list[float], seconds: list[float] | None, t: float) -> float:
+    """Best latency among the trials measured within ``t`` seconds of the run's start."""
+    best = math.inf
+    for v, s in zip(curve, seconds or []):
+        if s > t:
+            break
+        best = v
+    return best
+
+
+def compare(gnn: dict, xgb: dict) -> dict[str, Any] | None:
+    """GNN against XGB in one (task, seed): trials and seconds each needs to reach XGB's final best.
+
+    Returns ``None`` when XGB has no valid measurement (nothing to reach). The GNN never reaching it
+    counts as its whole budget (trials, seconds), which bounds its ratios from above.
+    """
+    from perfmodel.tvm.search import trials_to_reach
+
+    xc, gc = curve_of(xgb), curve_of(gnn)
+    if not xc or not math.isfinite(xc[-1]) or not gc:
+        return None
+    target = xc[-1]
+    x_trials = trials_to_reach(xc, target)
+    g_trials = trials_to_reach(gc, target)
+    xs, gs = xgb.get("seconds"), gnn.get("seconds")
+    x_secs = xs[x_trials - 1] if xs else None
+    g_secs = (gs[g_trials - 1] if g_trials else gs[-1]) if gs else None
+    out = {
+        "xgb_final_s": target, "gnn_final_s": _fin(gc[-1]),
+        "xgb_trials_to_final": x_trials, "gnn_trials_to_xgb_final": g_trials,
+        "xgb_seconds_to_final": x_secs, "gnn_seconds_to_xgb_final": g_secs if g_trials else None,
+        "trials_saved": round(x_trials / (g_trials or len(gc)), 4),
+        "seconds_saved": round(x_secs / g_secs, 4) if x_secs and g_secs else None,
+        "final_ratio": round(gc[-1] / target, 4) if math.isfinite(gc[-1]) else None,
+    }
+    return out
+
+
+def task_report(label: str, runs: dict[tuple[str, int], dict], trials: int) -> dict[str, Any]:
+    """Per-task numbers from its runs (keyed by (model, seed)): curves at budgets, GNN vs XGB per seed."""
+    ok = {k: r for k, r in runs.items() if "error" not in r}
+    bs = budgets(trials)
+    max_s = max((r["seconds"][-1] for r in ok.values() if r.get("seconds")), default=30.0)
+    ts = time_marks(max_s)
+    rep: dict[str, Any] = {"best_s": {}, "best_s_at_seconds": {}, "final_best_s": {}, "tune_s": {}, "failed": [],
+                           "errors": {f"{m}-s{s}": r["error"] for (m, s), r in runs.items() if "error" in r}}
+    for (m, s), r in ok.items():
+        key, c = f"{m}-s{s}", curve_of(r)
+        rep["best_s"][key] = {str(b): _fin(_best_at(c, b)) for b in bs}
+        rep["best_s_at_seconds"][key] = {str(t): _fin(best_at_seconds(c, r.get("seconds"), t)) for t in ts}
+        rep["final_best_s"][key] = _fin(c[-1]) if c else None
+        rep["tune_s"][key] = r.get("tune_s")
+        if not c or not math.isfinite(min(c)):
+            rep["failed"].append(key)
+    rep["gnn_vs_xgb"] = {}
+    for (m, s), r in ok.items():
+        if m == "gnn" and ("xgb", s) in ok:
+            cmp = compare(r, ok[("xgb", s)])
+            if cmp is not None:
+                rep["gnn_vs_xgb"][str(s)] = cmp
+    rep["cost_model_share"] = {m: _mean([r["cost_model_share"] for (mm, _), r in ok.items()
+                                         if mm == m and r.get("cost_model_share") is not None])
+                               for m in sorted({m for m, _ in ok})}
+    rep["gnn_fallback"] = sum(int((r.get("gnn") or {}).get("fallback", 0)) for (m, _), r in ok.items() if m == "gnn")
+    rep["seconds_marks"] = ts
+    return rep
+
+
+def scoring_throughput(task: str, runs: list[dict], checkpoint: str | None, *, max_cands: int = 512) -> dict[str, float]:
     """Candidates scored per second by the GNN and by a trained XGBModel on the task's measured schedules."""
     import numpy as np
-    import tvm
 
     from perfmodel import workloads
     from perfmodel._tvm import load_ms
+    from perfmodel.collect.collector import make_target
     from perfmodel.collect.database import Database
     from perfmodel.tvm import GNNCostModel
 
     ms = load_ms()
     mod = workloads.get_task(task).mod
-    target = tvm.target.Target(workloads.DEFAULT_TARGET)
-    ctx = ms.TuneContext(mod=mod, target=target, space_generator="post-order-apply",
+    ctx = ms.TuneContext(mod=mod, target=make_target("native", 1), space_generator="post-order-apply",
                          search_strategy="evolutionary", task_name="main")
     cands, results = [], []
-    for r in runs.values():
+    for r in runs:
         db = Database.open(r["work_dir"])
         for raw in db.records:
+            if len(cands) >= max_cands:
+                break
             try:
                 cands.append(db.tuning_record(raw).as_measure_candidate())
             except Exception:  # noqa: BLE001  a record that does not replay is skipped
@@ -98,7 +216,7 @@ def scoring_throughput(task: str, runs: dict, checkpoint: str | None) -> dict[st
     xgb = ms.cost_model.XGBModel(num_warmup_samples=0, num_tuning_cores=_physical_cores())
     xgb.update(ctx, cands, results)
     gnn = GNNCostModel.from_checkpoint(checkpoint, frozen=True, threads=1)
-    out = {"n": len(cands)}
+    out: dict[str, float] = {"n": len(cands)}
     for name, model in (("gnn", gnn), ("xgb", xgb)):
         model.predict(ctx, cands[:8])  # warm-up
         n, t0 = 0, time.perf_counter()
@@ -110,101 +228,243 @@ def scoring_throughput(task: str, runs: dict, checkpoint: str | None) -> dict[st
     return out
 
 
-def main() -> None:
+def common_overrides(args: argparse.Namespace) -> list[str]:
+    """Overrides of conf/tune.yaml shared by every run of this benchmark."""
+    ov = [f"trials_per_iter={args.per_iter}", f"population={args.population}", "plot=false"]
+    if args.checkpoint:
+        ov.append(f"checkpoint={args.checkpoint}")
+    if args.frozen:
+        ov.append("gnn.frozen=true")
+    if args.run_timeout:
+        ov.append(f"+protocol.timeout_s={args.run_timeout}")
+    if args.no_guard:
+        ov.append("guard.enabled=false")
+    return ov + list(args.override)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help=f"{len(QUICK_TASKS)} tasks, 64 trials, population 256")
+    ap.add_argument("--quick", action="store_true",
+                    help=f"{len(QUICK_TASKS)} tasks, 64 trials, one seed, population 256, no network")
     ap.add_argument("--tasks", default=None, help="comma-separated registry tasks (default: the unseen set)")
-    ap.add_argument("--trials", type=int, default=None, help="largest budget (default 512, quick 64)")
+    ap.add_argument("--models", default=",".join(MODELS), help="comma-separated cost models (default gnn,xgb,random)")
+    ap.add_argument("--trials", type=int, default=None, help="budget per task (default 256, quick 64)")
+    ap.add_argument("--seeds", default=None, help="comma-separated search seeds (default 1,2; quick 1)")
+    ap.add_argument("--network", default=None, help="bert_layer | resnet18 | mobilenetv2 | none (default bert_layer, quick none)")
+    ap.add_argument("--network-batch", type=int, default=1)
+    ap.add_argument("--network-trials", type=int, default=512, help="global budget over the network's tasks")
     ap.add_argument("--per-iter", type=int, default=16, help="candidates measured per search round")
     ap.add_argument("--population", type=int, default=None, help="evolutionary population (default 512, quick 256)")
     ap.add_argument("--checkpoint", default=None, help="GNN checkpoint (default: the shipped one)")
     ap.add_argument("--frozen", action="store_true", help="no online fine-tuning of the GNN")
     ap.add_argument("--run-timeout", type=float, default=None,
-                    help="seconds a candidate's timing may take before it counts as failed (default 20, quick 10)")
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--out", default=str(REPO / "runs" / "bench_tune"), help="work dirs go here")
-    args = ap.parse_args()
+                    help="seconds a candidate's timing may take before it counts as failed (default: the protocol's)")
+    ap.add_argument("--no-guard", action="store_true", help="time whatever the machine's load (guard.enabled=false)")
+    ap.add_argument("--override", action="append", default=[], help="extra conf/tune.yaml override for every run")
+    ap.add_argument("--out", default=str(REPO / "runs" / "bench_tune"), help="runs (databases, summaries, plots) go here")
+    args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
-    args.trials = args.trials or (64 if args.quick else 512)
+    args.trials = args.trials or (64 if args.quick else 256)
     args.population = args.population or (256 if args.quick else 512)
-    args.run_timeout = args.run_timeout or (10.0 if args.quick else 20.0)
+    seeds = [int(s) for s in (args.seeds or ("1" if args.quick else "1,2")).split(",")]
+    models = args.models.split(",")
+    network = args.network or ("none" if args.quick else "bert_layer")
     tasks = args.tasks.split(",") if args.tasks else (QUICK_TASKS if args.quick else TASKS)
     os.environ.setdefault("TVM_NUM_THREADS", "1")
 
     from perfmodel.tvm import DEFAULT_CHECKPOINT
     from perfmodel.tvm.cost_model import load_predictor
-    from perfmodel.tvm.search import best_at, trials_to_reach
+    from perfmodel.tvm.search import plot_curves
 
-    load_predictor(args.checkpoint or DEFAULT_CHECKPOINT)  # a bad checkpoint fails before any tuning
-    train_tasks = set(_train_tasks())
-    seen = [t for t in tasks if t in train_tasks]
+    if "gnn" in models:
+        load_predictor(args.checkpoint or DEFAULT_CHECKPOINT)  # a bad checkpoint fails before any tuning
+    seen = [t for t in tasks if t in set(_train_tasks())]
     if seen:
         print(f"warning: {seen} are in the training data (conf/collect.yaml tasks_default)", file=sys.stderr)
     out_dir = Path(args.out)
-    bs = budgets(args.trials)
+    common = common_overrides(args)
     t_start = time.perf_counter()
-    per_task, saved, thr = {}, [], {"gnn": [], "xgb": []}
-    shares = {m: [] for m in MODELS}
-    tune_s = {m: 0.0 for m in MODELS}
+    per_task: dict[str, dict] = {}
+    all_runs: dict[tuple[str, str, int], dict] = {}
+    thr: dict[str, list[float]] = {"gnn": [], "xgb": []}
     for task in tasks:
-        runs = run_task(task, args, out_dir)
-        curves = {m: [math.inf if v is None else v for v in runs[m]["curve"]] for m in MODELS}
-        xgb_final = best_at(curves["xgb"], args.trials)
-        need = trials_to_reach(curves["gnn"], xgb_final) if math.isfinite(xgb_final) else 1
-        s = args.trials / (need or args.trials)
-        saved.append(s)
-        tp = scoring_throughput(task, runs, args.checkpoint)
-        for m in ("gnn", "xgb"):
-            thr[m].append(tp[m])
-        for m in MODELS:
-            shares[m].append(runs[m]["cost_model_share"] or 0.0)
-            tune_s[m] += runs[m]["tune_s"]
-        per_task[task] = {
-            "best_s": {m: {str(b): _fin(best_at(curves[m], b)) for b in bs} for m in MODELS},
-            "gnn_trials_to_xgb_final": need, "trials_saved_vs_xgb": round(s, 3),
-            "cost_model_share": {m: runs[m]["cost_model_share"] for m in MODELS},
-            "predict_per_s": {m: round(tp[m], 1) for m in ("gnn", "xgb")},
-            "predict_per_s_in_tuning": {m: round(runs[m]["cost_model"]["predict_per_s"], 1) for m in MODELS},
-            "tune_s": {m: runs[m]["tune_s"] for m in MODELS},
-            "gnn_fallback": runs["gnn"].get("gnn", {}).get("fallback", 0),
-        }
-        _print_task(task, per_task[task], bs)
+        runs = {}
+        for seed in seeds:
+            for model in models:
+                wd = run_dir(out_dir, task, model, seed)
+                print(f"\n=== {task}: {model}, seed {seed}, {args.trials} trials", flush=True)
+                runs[(model, seed)] = r = run_one(wd, [f"task={task}", f"cost_model={model}", f"trials={args.trials}",
+                                                      f"seed={seed}", *common])
+                all_runs[(task, model, seed)] = r
+                _print_run(task, model, seed, r)
+        rep = per_task[task] = task_report(task, runs, args.trials)
+        done = [r for r in runs.values() if "error" not in r]
+        if {"gnn", "xgb"} <= set(models) and done:
+            tp = _throughput(out_dir / task.replace("/", "__") / "throughput.json", task, done, args.checkpoint)
+            rep["predict_per_s"] = {m: round(tp[m], 1) for m in ("gnn", "xgb")}
+            for m in ("gnn", "xgb"):
+                if tp[m] > 0:
+                    thr[m].append(tp[m])
+        rep["plot"] = str(plot_curves({f"{m} s{s}": curve_of(r) for (m, s), r in runs.items() if "error" not in r},
+                                      out_dir / task.replace("/", "__") / "best_latency.png",
+                                      title=f"{task}: best latency vs trials and seconds",
+                                      seconds={f"{m} s{s}": r.get("seconds") or [] for (m, s), r in runs.items()
+                                               if "error" not in r}))
+        _print_task(task, rep)
 
-    def gmean(xs: list[float]) -> float:
-        xs = [x for x in xs if x > 0]
-        return math.exp(sum(map(math.log, xs)) / len(xs)) if xs else 0.0
+    net_rep: dict[str, Any] = {}
+    if network != "none":
+        label = f"{network}-b{args.network_batch}"
+        runs = {}
+        for model in models:
+            wd = run_dir(out_dir, label, model, seeds[0])
+            print(f"\n=== {label}: {model}, seed {seeds[0]}, {args.network_trials} trials over its tasks", flush=True)
+            runs[(model, seeds[0])] = r = run_one(wd, [f"network={network}", f"batch={args.network_batch}",
+                                                       f"cost_model={model}", f"trials={args.network_trials}",
+                                                       f"seed={seeds[0]}", *common])
+            _print_run(label, model, seeds[0], r)
+        net_rep = task_report(label, runs, args.network_trials)
+        net_rep["label"] = label
+        for key in ("network_latency_ms", "untuned_latency_ms", "torch_eager_ms", "estimate_ms", "untuned_tasks",
+                    "scheduled_funcs", "prim_funcs", "network_error"):
+            net_rep[key] = {m: r.get(key) for (m, _), r in runs.items() if "error" not in r}
+        net_rep["plot"] = str(plot_curves({m: curve_of(r) for (m, _), r in runs.items() if "error" not in r},
+                                          out_dir / label / "best_latency.png",
+                                          title=f"{label}: network estimate vs trials and seconds",
+                                          seconds={m: r.get("seconds") or [] for (m, _), r in runs.items()
+                                                   if "error" not in r}))
+        _print_network(net_rep)
 
+    cmps = [c for rep in per_task.values() for c in rep["gnn_vs_xgb"].values()]
     res = {
-        "trials_saved_vs_xgb": round(sum(saved) / len(saved), 3),
-        "predict_per_s_gnn": round(gmean(thr["gnn"]), 1),
-        "predict_per_s_xgb": round(gmean(thr["xgb"]), 1),
-        "cost_model_share": {m: round(sum(v) / len(v), 4) for m, v in shares.items()},
-        "tune_minutes": {m: round(v / 60, 1) for m, v in tune_s.items()},
-        "budgets": bs, "quick": args.quick, "population": args.population, "trials_per_iter": args.per_iter,
-        "frozen": args.frozen, "checkpoint": str(args.checkpoint or DEFAULT_CHECKPOINT),
+        "trials_saved_vs_xgb": _median([c["trials_saved"] for c in cmps]),
+        "seconds_saved_vs_xgb": _median([c["seconds_saved"] for c in cmps if c["seconds_saved"] is not None]),
+        "final_best_ratio_vs_xgb": _gmean([c["final_ratio"] for c in cmps if c["final_ratio"] is not None]),
+        "network_latency_ms": net_rep.get("network_latency_ms", {}),
+        "cost_model_share": {m: _mean([r["cost_model_share"] for (_, mm, _), r in all_runs.items()
+                                       if mm == m and r.get("cost_model_share") is not None]) for m in models},
+        "predict_per_s_gnn": round(_gmean(thr["gnn"]) or 0.0, 1),
+        "predict_per_s_xgb": round(_gmean(thr["xgb"]) or 0.0, 1),
+        "gnn_fallback": sum(rep["gnn_fallback"] for rep in per_task.values()) + net_rep.get("gnn_fallback", 0),
+        "compared": len(cmps),
+        "failed_runs": [f"{t} {m}-s{s}" for (t, m, s), r in all_runs.items()
+                        if "error" not in r and not any(v is not None for v in r.get("curve") or [])],
+        "errors": {f"{t} {m}-s{s}": r["error"] for (t, m, s), r in all_runs.items() if "error" in r},
+        "resumed_runs": sum(1 for r in all_runs.values() if r.get("resumed")),
+        "tune_minutes": {m: round(sum(r.get("tune_s") or 0 for (_, mm, _), r in all_runs.items() if mm == m) / 60, 1)
+                         for m in models},
+        "budgets": budgets(args.trials), "trials": args.trials, "seeds": seeds, "quick": args.quick,
+        "population": args.population, "trials_per_iter": args.per_iter, "frozen": args.frozen,
+        "checkpoint": str(args.checkpoint or DEFAULT_CHECKPOINT), "out": str(out_dir),
         "minutes": round((time.perf_counter() - t_start) / 60, 1),
-        "tasks": per_task,
+        "network": net_rep, "tasks": per_task,
     }
+    _print_summary(res, len(tasks), seeds)
+    print(json.dumps(res))
+    return res
+
+
+def _throughput(path: Path, task: str, runs: list[dict], checkpoint: str | None) -> dict[str, float]:
+    """:func:`scoring_throughput`, stored beside the task's runs and read back on a restart."""
+    if path.is_file():
+        return json.loads(path.read_text())
+    tp = scoring_throughput(task, runs, checkpoint)
+    path.write_text(json.dumps(tp))
+    return tp
+
+
+def _print_run(label: str, model: str, seed: int, r: dict) -> None:
+    if "error" in r:
+        print(f"--- {label} {model}-s{seed}: FAILED to run ({r['error']}); redone on the next start")
+    elif r.get("resumed"):
+        best = r.get("best_s")
+        print(f"--- {label} {model}-s{seed}: done before ({r['trials']} trials, best "
+              f"{'-' if best is None else f'{best * 1e3:.4f} ms'}), read from {r['work_dir']}")
+    if "error" not in r and not any(v is not None for v in r.get("curve") or []):
+        print(f"--- {label} {model}-s{seed}: every candidate failed ({r.get('trials', 0)} trials): reported, going on")
+
+
+def _print_task(task: str, rep: dict) -> None:
+    bs = list(next(iter(rep["best_s"].values()), {}).keys())
+    ts = [str(t) for t in rep["seconds_marks"]]
+    for title, table, cols, unit in (("trials", rep["best_s"], bs, ""), ("seconds", rep["best_s_at_seconds"], ts, "s")):
+        print(f"\n--- {task}: best latency (ms) vs {title}")
+        print(f"{'run':10s}" + "".join(f"{c + unit:>10s}" for c in cols))
+        for key, row in table.items():
+            print(f"{key:10s}" + "".join(f"{'-' if row[c] is None else f'{row[c] * 1e3:.4f}':>10s}" for c in cols))
+    for seed, c in rep["gnn_vs_xgb"].items():
+        g = c["gnn_trials_to_xgb_final"]
+        g_final = "-" if c["gnn_final_s"] is None else f"{c['gnn_final_s'] * 1e3:.4f} ms"
+        ratio = "-" if c["final_ratio"] is None else f"{c['final_ratio']:.3f}"
+        print(f"seed {seed}: XGB's final best {c['xgb_final_s'] * 1e3:.4f} ms after {c['xgb_trials_to_final']} trials / "
+              f"{_s(c['xgb_seconds_to_final'])}; GNN reached it after "
+              + (f"{g} trials / {_s(c['gnn_seconds_to_xgb_final'])}" if g else "never (counted as its whole budget)")
+              + f": {c['trials_saved']:.2f}x trials, {c['seconds_saved'] or 0:.2f}x seconds; GNN final best "
+              f"{g_final} ({ratio}x XGB's)")
+    print("cost model share: " + ", ".join(f"{m} {100 * v:.1f}%" for m, v in rep["cost_model_share"].items() if v is not None)
+          + f"; GNN fallback scores: {rep['gnn_fallback']}"
+          + (f"; scoring: GNN {rep['predict_per_s']['gnn']:.0f}/s, XGB {rep['predict_per_s']['xgb']:.0f}/s"
+             if "predict_per_s" in rep else ""))
+    if rep["failed"]:
+        print(f"every candidate failed in: {', '.join(rep['failed'])}")
+    if rep.get("plot"):
+        print(f"plot: {rep['plot']}")
+
+
+def _print_network(rep: dict) -> None:
+    _print_task(rep["label"], rep)
+    print(f"{'model':8s}{'estimate':>12s}{'tuned':>12s}{'untuned':>12s}{'torch':>12s}  (ms, measured end to end)")
+    for m, est in rep["estimate_ms"].items():
+        row = [est, rep["network_latency_ms"].get(m), rep["untuned_latency_ms"].get(m), rep["torch_eager_ms"].get(m)]
+        print(f"{m:8s}" + "".join(f"{'-' if v is None else f'{v:.3f}':>12s}" for v in row)
+              + (f"  untuned tasks: {len(rep['untuned_tasks'][m])}" if rep["untuned_tasks"].get(m) else "")
+              + (f"  error: {rep['network_error'][m]}" if rep["network_error"].get(m) else ""))
+
+
+def _print_summary(res: dict, n_tasks: int, seeds: list[int]) -> None:
     print("\n=== summary")
-    print(f"trials saved vs XGB (mean over {len(tasks)} tasks): {res['trials_saved_vs_xgb']:.2f}x "
-          f"(target >= {TARGET_SAVED:g}: {'met' if res['trials_saved_vs_xgb'] >= TARGET_SAVED else 'NOT met'})")
+    ts = res["trials_saved_vs_xgb"]
+    print(f"trials saved vs XGB (median over {res['compared']} task-seed pairs of {n_tasks} tasks x {len(seeds)} seeds): "
+          + ("-" if ts is None else f"{ts:.2f}x (target >= {TARGET_SAVED:g}: {'met' if ts >= TARGET_SAVED else 'NOT met'})"))
+    ss, fr = res["seconds_saved_vs_xgb"], res["final_best_ratio_vs_xgb"]
+    print(f"seconds saved vs XGB (median): {'-' if ss is None else f'{ss:.2f}x'}; "
+          f"final best GNN / XGB (geometric mean): {'-' if fr is None else f'{fr:.3f}'}")
     print(f"scoring throughput: GNN {res['predict_per_s_gnn']:.0f}/s, XGB {res['predict_per_s_xgb']:.0f}/s "
           f"({'met' if res['predict_per_s_gnn'] >= res['predict_per_s_xgb'] else 'NOT met'}: GNN >= XGB)")
-    print("cost model share of tuning time: " + ", ".join(f"{m} {100 * v:.1f}%" for m, v in res["cost_model_share"].items()))
+    print("cost model share of tuning time: " + ", ".join(f"{m} {100 * (v or 0):.1f}%" for m, v in res["cost_model_share"].items()))
+    if res["network_latency_ms"]:
+        print("network latency (tuned, end to end): " + ", ".join(
+            f"{m} {'-' if v is None else f'{v:.3f} ms'}" for m, v in res["network_latency_ms"].items()))
+    print(f"GNN fallback scores: {res['gnn_fallback']}")
+    if res["failed_runs"]:
+        print(f"runs where every candidate failed: {', '.join(res['failed_runs'])}")
+    if res["errors"]:
+        print(f"runs that raised (redone on the next start): {', '.join(res['errors'])}")
     print("tuning wall time: " + ", ".join(f"{m} {v:.1f} min" for m, v in res["tune_minutes"].items())
-          + f"; total {res['minutes']} min")
-    print(json.dumps(res))
+          + f"; total {res['minutes']} min ({res['resumed_runs']} runs read back from {res['out']})")
 
 
-def _print_task(task: str, r: dict, bs: list[int]) -> None:
-    print(f"\n--- {task}: best latency (ms) vs trials")
-    print(f"{'model':8s}" + "".join(f"{b:>10d}" for b in bs) + f"{'share':>8s}{'pred/s':>9s}")
-    for m in MODELS:
-        row = "".join(f"{'-' if v is None else f'{v * 1e3:.4f}':>10s}" for v in r["best_s"][m].values())
-        ps = r["predict_per_s"].get(m)
-        print(f"{m:8s}{row}{100 * (r['cost_model_share'][m] or 0):7.1f}%{'' if ps is None else f'{ps:9.0f}'}")
-    print(f"GNN reached XGB's final best after {r['gnn_trials_to_xgb_final'] or 'never (-> full budget)'} trials: "
-          f"{r['trials_saved_vs_xgb']:.2f}x")
+def _best_at(curve: list[float], trials: int) -> float:
+    from perfmodel.tvm.search import best_at
+
+    return best_at(curve, trials)
+
+
+def _s(x: float | None) -> str:
+    return "-" if x is None else f"{x:.0f} s"
+
+
+def _mean(xs: list[float]) -> float | None:
+    return round(sum(xs) / len(xs), 4) if xs else None
+
+
+def _median(xs: list[float]) -> float | None:
+    return round(statistics.median(xs), 3) if xs else None
+
+
+def _gmean(xs: list[float]) -> float | None:
+    xs = [x for x in xs if x > 0]
+    return round(math.exp(sum(map(math.log, xs)) / len(xs)), 4) if xs else None
 
 
 def _train_tasks() -> list[str]:
@@ -214,7 +474,7 @@ def _train_tasks() -> list[str]:
 
 
 def _fin(v: float) -> float | None:
-    return float(v) if math.isfinite(v) else None
+    return float(v) if v is not None and math.isfinite(v) else None
 
 
 def _physical_cores() -> int:

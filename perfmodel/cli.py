@@ -4,22 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import warnings
-from pathlib import Path
-from typing import Any
 
-CONF_DIR = Path(os.environ.get("PERFMODEL_CONF", Path(__file__).resolve().parents[1] / "conf"))
-
-
-def compose(name: str, overrides: list[str]) -> Any:
-    """The Hydra config ``conf/<name>.yaml`` with command-line ``overrides`` applied."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hydra_compose(config_name=name, overrides=overrides)
+from perfmodel.config import compose
+from perfmodel.evaluate.cli import register as register_evaluate
+from perfmodel.show import register as register_show
+from perfmodel.tune import register as register_tune
 
 
 def _cmd_workloads(args: argparse.Namespace) -> int:
@@ -82,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("train", help="train a cost model (same as `python train.py`; Hydra overrides follow)")
     p.add_argument("overrides", nargs="*", help="Hydra overrides of conf/train.yaml, e.g. model=sage")
     p.set_defaults(fn=_cmd_train)
-    for register in _EXTRA:
+    for register in (register_evaluate, register_tune, register_show):  # subcommands defined beside their code
         register(sub)
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -93,14 +84,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"perfmodel {args.cmd}: error: {msg}", file=sys.stderr)
         return 2
 
-
-# Subcommands registered by other modules (evaluate, tune, show...): functions taking the subparsers.
-_EXTRA: list[Any] = []
-from perfmodel.evaluate.cli import register as _register_evaluate  # noqa: E402
-_EXTRA.append(_register_evaluate)
-from perfmodel.tune import register as _register_tune  # noqa: E402
-_EXTRA.append(_register_tune)
-import perfmodel.show  # noqa: E402,F401  registers `perfmodel show`
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import copy
+import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 import torch
 from torch import nn
 
 CKPT_KEY = "perfmodel"  # the block of a checkpoint that holds what inference needs
+CKPT_FORMAT = 1  # version of the CKPT_KEY block
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "pretrained" / "gnn.ckpt"  # the shipped model
 
 
 class CheckpointError(ValueError):
@@ -21,12 +25,12 @@ class CheckpointError(ValueError):
 class Predictor:
     """A trained cost model with its feature normalization, ready to score graphs or schedules.
 
-    Lower predicted log time = faster. Build one with ``from_checkpoint``.
+    Lower predicted log time = faster. Build one with ``load_predictor`` (or ``from_checkpoint``).
 
     Args:
         model: the network (``CostGNN``).
-        meta: the checkpoint's ``"perfmodel"`` block (model config, ``schema_version``,
-            ``norm`` state, ``fingerprint``, ``granularity``...).
+        meta: the checkpoint's ``CKPT_KEY`` block (``checkpoint_meta``: model config,
+            ``schema_version``, ``norm`` state, ``split``, ``target``...).
         device: where the model runs.
     """
 
@@ -42,30 +46,37 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, path: str | Path, *, device: str | torch.device = "cpu",
                         check_schema: bool = True) -> Predictor:
-        """Loads a Lightning checkpoint of ``train`` or a file written by ``save``.
+        """Loads a Lightning checkpoint of ``train`` or a file written by ``save`` (weights only).
 
         Raises:
-            CheckpointError: not a perfmodel checkpoint, or its feature schema differs from the
-                featurizer's (the message names both versions).
+            FileNotFoundError: ``path`` does not exist.
+            CheckpointError: not a perfmodel checkpoint, its feature schema differs from the
+                featurizer's (the message names both versions), or its weights do not fit its config.
         """
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"checkpoint {path} does not exist")
+            raise FileNotFoundError(f"checkpoint {path} does not exist (train one with `python train.py`, "
+                                    f"or use the shipped {DEFAULT_CHECKPOINT})")
         try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # e.g. torch's note on the pickle protocol of a foreign file
+                warnings.simplefilter("ignore")
+                ckpt = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001  pickle errors come in many types
-            raise CheckpointError(f"{path}: cannot be loaded with weights_only=True ({type(e).__name__}: "
-                                  f"{str(e).splitlines()[0] if str(e) else ''})") from e
+            raise CheckpointError(f"{path}: not a perfmodel checkpoint ({_load_failure(e)})") from None
         meta = ckpt.get(CKPT_KEY) if isinstance(ckpt, dict) else None
-        if not isinstance(meta, dict) or "model" not in meta:
-            raise CheckpointError(f"{path}: not a perfmodel checkpoint (no '{CKPT_KEY}' block with a model config)")
+        if not isinstance(meta, dict) or "model" not in meta or not isinstance(ckpt.get("state_dict"), dict):
+            raise CheckpointError(f"{path}: not a perfmodel checkpoint (no '{CKPT_KEY}' block with a model config "
+                                  "and a state_dict)")
         if check_schema:
             check_schema_version(meta.get("schema_version"), source=str(path))
         from perfmodel.models import build_model
 
-        model = build_model(meta["model"])
-        state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-        model.load_state_dict(state)
+        try:
+            model = build_model(meta["model"])
+            state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+            model.load_state_dict(state)
+        except Exception as e:  # noqa: BLE001  e.g. an unknown model name, state-dict shape mismatches
+            raise CheckpointError(f"{path}: does not fit this perfmodel ({_one_line(e)})") from None
         return cls(model=model, meta=meta, device=device)
 
     @classmethod
@@ -111,16 +122,68 @@ class Predictor:
         torch.save({CKPT_KEY: self.meta, "state_dict": state}, path)
         return path
 
+    # ------------------------------------------------------------ what it was trained on
+    @property
+    def target(self) -> dict[str, Any] | None:
+        """``{kind, mcpu, threads}`` of the hardware of the training data (``None``: an older checkpoint)."""
+        return self.meta.get("target")
+
+    @property
+    def split(self) -> dict[str, Any]:
+        """The training split: ``kind``, ``seed``, ``val``, ``test``, sizes, ``test_tasks`` (may be partial)."""
+        return dict(self.meta.get("split") or {})
+
+    def heldout_tasks(self, seed: int | None = None) -> set[str] | None:
+        """Names of the tasks training held out for testing (what ``evaluate`` scores on the training data).
+
+        Args:
+            seed: another seed of the same split (``None``: the checkpoint's own split).
+
+        Returns:
+            The recorded ``test_tasks`` (rebuilt from ``task_names`` for an older checkpoint or another
+            seed of a ``task`` split); ``None`` when unknown or when the split was within task.
+        """
+        split = self.split
+        kind = split.get("kind", "task")
+        if kind == "random":
+            return None
+        if split.get("test_tasks") is not None and (seed is None or seed == split.get("seed")):
+            return set(split["test_tasks"])
+        if kind != "task" or not self.meta.get("task_names"):
+            return None
+        from perfmodel.data.split import heldout_task_names
+
+        return heldout_task_names(self.meta["task_names"], seed=int(split.get("seed", 0) if seed is None else seed),
+                                  val=float(split.get("val", 0.1)), test=float(split.get("test", 0.2)))
+
+    def target_mismatch(self, target: Any) -> str | None:
+        """One line saying the checkpoint was trained for another target than ``target``, else ``None``.
+
+        Kind, ``mcpu`` (missing = ``generic``) and thread count are compared; an unknown value (an
+        older checkpoint without ``target``, a target without ``num-cores``) matches anything.
+
+        Args:
+            target: a ``tvm.target.Target``, its JSON dict, or a ``{kind, mcpu, threads}`` summary.
+        """
+        if not self.target:
+            return None
+        have, want = _summary(self.target), _summary(target)
+        if all(have[k] is None or want[k] is None or have[k] == want[k] for k in ("kind", "mcpu", "threads")):
+            return None
+        return (f"checkpoint trained for {_describe(have)}, scoring for {_describe(want)}: predictions may be off; "
+                "retrain on data of this target (python train.py data.db_paths=[...])")
+
     # ------------------------------------------------------------ predicting
+    def _prepare(self, batch: Any) -> Any:
+        """A collated batch on the device, features normalized as in training."""
+        batch = batch.to(self.device)
+        return batch if self.norm is None else self.norm.apply(batch)
+
     def _batches(self, datas: Sequence[Any], batch_size: int) -> Any:
         from torch_geometric.data import Batch
 
         for i in range(0, len(datas), batch_size):
-            b = Batch.from_data_list(list(datas[i:i + batch_size])).to(self.device)
-            if self.norm is not None:
-                out = self.norm.apply(b)
-                b = b if out is None else out
-            yield b
+            yield self._prepare(Batch.from_data_list(list(datas[i:i + batch_size])))
 
     def predict_data(self, datas: Sequence[Any], *, batch_size: int = 1024) -> np.ndarray:
         """Predicted log seconds of featurized graphs (each with ``flops``), shape [N] float64."""
@@ -160,13 +223,27 @@ class Predictor:
 
     def predict_schedules(self, schs: Sequence[Any], *, flops: float | Sequence[float] | None = None,
                           batch_size: int = 1024) -> np.ndarray:
-        """Predicted log seconds of schedules, shape [N]; one that cannot be featurized gets ``+inf``."""
-        datas = self.featurize(schs, flops=flops)
+        """Predicted log seconds of schedules, shape [N]; one that cannot be featurized gets ``+inf``.
+
+        A featurizer that raises on the batch is retried schedule by schedule, so one bad schedule
+        does not cost the others their prediction.
+        """
+        try:
+            datas = self.featurize(schs, flops=flops)
+        except Exception:  # noqa: BLE001  a featurizer bug on one schedule: isolate it
+            fl = [flops] * len(schs) if flops is None or np.isscalar(flops) else list(flops)
+            datas = [self._featurize_one(s, f) for s, f in zip(schs, fl)]
         ok = [i for i, d in enumerate(datas) if d is not None]
         out = np.full(len(datas), np.inf)
         if ok:
             out[ok] = self.predict_data([datas[i] for i in ok], batch_size=batch_size)
         return out
+
+    def _featurize_one(self, sch: Any, flops: Any) -> Any:
+        try:
+            return self.featurize([sch], flops=flops)[0]
+        except Exception:  # noqa: BLE001
+            return None
 
     # ------------------------------------------------------------ updating
     def fine_tune(self, datas: Sequence[Any], log_secs: Sequence[float] | np.ndarray, steps: int = 20, *,
@@ -174,8 +251,9 @@ class Predictor:
                   loss: nn.Module | None = None, seed: int = 0) -> list[float]:
         """Online update: ``steps`` optimizer steps on measured graphs (e.g. a tuning round's results).
 
-        The optimizer state persists across calls. Each step uses a random batch of the records;
-        the default loss is MSE + within-task RankNet (``task_ids`` default: one task).
+        The optimizer state persists across calls. Each step uses a random batch of the records and
+        the training step of ``CostModelModule`` (``batch_loss``); the default loss is MSE + within-task
+        RankNet (``task_ids`` default: one task).
 
         Args:
             datas: featurized graphs (with ``flops``).
@@ -192,7 +270,7 @@ class Predictor:
         """
         from torch_geometric.data import Batch
 
-        from perfmodel.models import CombinedLoss
+        from perfmodel.models import CombinedLoss, batch_loss
 
         y = torch.as_tensor(np.asarray(log_secs, dtype=np.float32)).reshape(-1)
         if len(datas) != y.numel():
@@ -209,12 +287,9 @@ class Predictor:
         try:
             for _ in range(steps):
                 idx = torch.randperm(len(datas), generator=gen)[:batch_size]
-                b = Batch.from_data_list([datas[int(i)] for i in idx]).to(self.device)
-                if self.norm is not None:
-                    out = self.norm.apply(b)
-                    b = b if out is None else out
-                pred = self.model(b)
-                lv = loss_fn(pred, y[idx].to(self.device), tasks[idx].to(self.device))
+                b = Batch.from_data_list([datas[int(i)] for i in idx])
+                b.y, b.task = y[idx], tasks[idx]
+                lv = batch_loss(self.model, loss_fn, self._prepare(b))[0]
                 self._opt.zero_grad(set_to_none=True)
                 lv.backward()
                 nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
@@ -228,6 +303,103 @@ class Predictor:
     def copy(self) -> Predictor:
         """An independent copy (weights and optimizer state not shared)."""
         return Predictor(model=copy.deepcopy(self.model), meta=copy.deepcopy(self.meta), device=self.device)
+
+
+class MeasuredBuffer:
+    """The newest ``history`` measured graphs of a search, with their log times and tasks: what
+    ``Predictor.fine_tune`` trains on online.
+
+    Args:
+        history: keep at most this many graphs (the oldest are dropped first).
+    """
+
+    def __init__(self, *, history: int = 4096) -> None:
+        self.history = int(history)
+        self.datas: list[Any] = []  # graphs with ``flops``
+        self.log_secs: list[float] = []
+        self.task_ids: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.datas)
+
+    def add(self, datas: Sequence[Any], log_secs: Sequence[float], task_id: int) -> None:
+        """Appends measured graphs of one task (a ``None`` graph, one that failed to featurize, is skipped)."""
+        for d, y in zip(datas, log_secs, strict=True):
+            if d is not None:
+                self.datas.append(d)
+                self.log_secs.append(float(y))
+                self.task_ids.append(int(task_id))
+        cut = len(self.datas) - self.history
+        if cut > 0:
+            del self.datas[:cut], self.log_secs[:cut], self.task_ids[:cut]
+
+
+@overload
+def load_predictor(path: str | Path | None = None, *, required: Literal[True] = True,
+                   device: str | torch.device = "cpu") -> Predictor: ...
+
+
+@overload
+def load_predictor(path: str | Path | None = None, *, required: bool,
+                   device: str | torch.device = "cpu") -> Predictor | None: ...
+
+
+def load_predictor(path: str | Path | None = None, *, required: bool = True,
+                   device: str | torch.device = "cpu") -> Predictor | None:
+    """The predictor of a checkpoint that fits the featurizer; every failure is one clear line.
+
+    What the TVM plugin, ``perfmodel evaluate``/``check`` and the benchmarks load.
+
+    Args:
+        path: the checkpoint; ``None``: the shipped ``DEFAULT_CHECKPOINT``.
+        required: ``False`` gives ``None`` when ``path`` is ``None`` and no model is shipped
+            (a named file must exist).
+        device: where the model runs.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        CheckpointError: not a perfmodel checkpoint, another feature schema, or a network that does
+            not fit the featurizer's feature widths.
+    """
+    from perfmodel.featurize.schema import EDGE_FEATURES, NODE_FEATURES
+
+    if path is None and not required and not DEFAULT_CHECKPOINT.is_file():
+        return None
+    path = Path(path) if path is not None else DEFAULT_CHECKPOINT
+    pred = Predictor.from_checkpoint(path, device=device)
+    members = pred.meta["model"].get("members") or [pred.meta["model"]]  # an ensemble: each member
+    for cfg in members:
+        for key, want in (("in_dim", len(NODE_FEATURES)), ("edge_dim", len(EDGE_FEATURES))):
+            if key in cfg and int(cfg[key]) != want:
+                raise CheckpointError(f"{path}: model {key}={cfg[key]} but the featurizer gives {want} features")
+    return pred
+
+
+def checkpoint_meta(*, model: dict[str, Any], granularity: str, norm: dict[str, Any] | None, fingerprint: str,
+                    task_names: Sequence[str], split: dict[str, Any], db_paths: Sequence[str],
+                    targets: Sequence[dict[str, Any]], seed: int) -> dict[str, Any]:
+    """The ``CKPT_KEY`` block that training writes into every checkpoint and ``Predictor`` reads.
+
+    Args:
+        model: ``build_model`` config.
+        granularity: ``stage`` or ``loop`` graphs.
+        norm: ``FeatureNorm.state_dict()`` (``None``: features not normalized).
+        fingerprint: hash of the training data.
+        task_names: the dataset's task vocabulary.
+        split: ``kind``, ``seed``, ``val``, ``test``, sizes and ``test_tasks`` (``Predictor.heldout_tasks``).
+        db_paths: the databases trained on.
+        targets: ``{kind, mcpu, threads}`` of the training records' targets, most common first;
+            the first is ``target`` (``Predictor.target``), several are also kept as ``targets``.
+        seed: training seed.
+    """
+    from perfmodel.featurize.schema import SCHEMA_VERSION
+
+    meta = {"format": CKPT_FORMAT, "schema_version": SCHEMA_VERSION, "granularity": granularity, "model": model,
+            "norm": norm, "fingerprint": fingerprint, "task_names": list(task_names), "split": split,
+            "db_paths": list(db_paths), "seed": int(seed), "target": dict(targets[0]) if targets else None}
+    if len(targets) > 1:
+        meta["targets"] = [dict(t) for t in targets]
+    return meta
 
 
 def check_schema_version(version: Any, *, source: str = "checkpoint") -> None:
@@ -255,6 +427,33 @@ def _same_norm(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
     return a.keys() == b.keys() and all(
         torch.allclose(torch.as_tensor(a[k]).double(), torch.as_tensor(b[k]).double(), rtol=1e-5, atol=1e-6)
         for k in a)
+
+
+def _one_line(e: BaseException) -> str:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {first[:200]}" if first else type(e).__name__
+
+
+def _load_failure(e: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, without torch's advice to unpickle it anyway."""
+    text = str(e)
+    if "Weights only load failed" in text:
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        return "a pickle of Python objects, not only weights" + (f": {found.group(1)}" if found else "")
+    return f"torch.load cannot read it: {_one_line(e)}"
+
+
+def _summary(target: Any) -> dict[str, Any]:
+    """``{kind, mcpu, threads}`` of a target, its JSON dict or such a summary (``mcpu`` default ``generic``)."""
+    if isinstance(target, dict) and "threads" in target:
+        return {"kind": target.get("kind"), "mcpu": target.get("mcpu") or "generic", "threads": target.get("threads")}
+    from perfmodel.workloads import target_summary
+
+    return target_summary(target)
+
+
+def _describe(t: dict[str, Any]) -> str:
+    return f"{t['kind']}/{t['mcpu']}" + (f"/{t['threads']} thread(s)" if t["threads"] is not None else "")
 
 
 def _load_norm(state: Any) -> Any:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -163,19 +162,3 @@ def register(sub: Any) -> None:
     q.add_argument("--granularity", default="stage", choices=["stage", "loop"])
     q.add_argument("--print", action="store_true", help="also print every node's label")
     q.set_defaults(fn=_cmd_show)
-
-
-def _register_into_cli() -> None:
-    from perfmodel import cli
-
-    targets = [cli]
-    main = sys.modules.get("__main__")
-    if main is not None and getattr(main, "__file__", None) == cli.__file__:  # `python -m perfmodel.cli`
-        targets.append(main)
-    for mod in targets:
-        extra = getattr(mod, "_EXTRA", None)
-        if extra is not None and register not in extra:
-            extra.append(register)
-
-
-_register_into_cli()

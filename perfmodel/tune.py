@@ -25,7 +25,7 @@ def register(sub: Any) -> None:
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
-    from perfmodel.cli import compose
+    from perfmodel.config import compose
 
     out = tune(compose("tune", args.overrides))
     print(json.dumps({k: out[k] for k in ("best_s", "trials", "work_dir", "plot", "cost_model_share")}))
@@ -89,10 +89,15 @@ def tune(cfg: Any) -> dict[str, Any]:
         cfg: the composed ``conf/tune.yaml``.
 
     Returns:
-        ``best_s`` (best latency found: the task's, or the weighted network sum), ``tasks``
-        (best seconds per task), ``curve`` (best after each trial), ``trials``, ``tune_s``,
-        ``cost_model`` (its counters, e.g. ``predict_s``, ``predict_per_s``), ``cost_model_share``
-        (seconds inside predict + update / tuning seconds), ``work_dir``, ``plot``.
+        ``best_s`` (best latency found: the task's, or the weighted network sum once every task has a
+        valid record), ``tasks`` (best seconds per task), ``curve`` (best after each trial),
+        ``seconds`` (seconds since the tuning started at which each trial was measured), ``trials``,
+        ``untuned_tasks`` (no valid record), ``tune_s``, ``cost_model`` (its counters, e.g.
+        ``predict_s``, ``predict_per_s``), ``cost_model_share`` (seconds inside predict + update /
+        tuning seconds), ``work_dir``, ``plot``. A network run adds ``estimate_ms`` (weighted sum of
+        the tuned tasks' bests) and, measured end to end (:func:`perfmodel.tvm.network.measure_network`),
+        ``network_latency_ms``, ``untuned_latency_ms``, ``torch_eager_ms`` and their details (or
+        ``network_error``).
     """
     os.environ["TVM_NUM_THREADS"] = str(int(cfg.threads))  # before the runner's worker starts
     label, tasks = resolve_tasks(cfg)
@@ -101,7 +106,10 @@ def tune(cfg: Any) -> dict[str, Any]:
     import tvm
 
     from perfmodel._tvm import load_ms
-    from perfmodel.tvm.search import best_curve, make_builder, make_contexts, make_runner, plot_curves
+    from perfmodel.collect.collector import make_target
+    from perfmodel.collect.measure import Guard, Protocol
+    from perfmodel.collect.runner import ProtocolRunner
+    from perfmodel.tvm.search import best_curve, make_builder, make_contexts, plot_curves, tuning_callbacks
 
     ms = load_ms()
     # TVM sets its console handler to its logger's level when it configures logging: WARNING keeps the
@@ -109,18 +117,21 @@ def tune(cfg: Any) -> dict[str, Any]:
     logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.DEBUG if cfg.get("verbose") else logging.WARNING)
     work_dir = Path(cfg.work_dir or REPO / "runs" / "tune" / f"{label.replace('/', '__')}-{cfg.cost_model}-{cfg.trials}")
     work_dir.mkdir(parents=True, exist_ok=True)
-    target = tvm.target.Target(dict(cfg.target))
-    ev = cfg.eval
+    target = make_target(cfg.target if isinstance(cfg.target, str) else dict(cfg.target), int(cfg.threads))
     ctxs = make_contexts(tasks, target=target, work_dir=work_dir, seed=int(cfg.seed), population=int(cfg.population))
     print(f"tuning {label} ({len(tasks)} task{'s' if len(tasks) > 1 else ''}) with cost model {cfg.cost_model}, "
           f"{cfg.trials} trials -> {work_dir}", flush=True)
+    note = budget_note(len(tasks), int(cfg.trials), int(cfg.trials_per_iter), cfg.get("max_trials_per_task"))
+    if note:
+        print(note, flush=True)
     n_before = _n_records(work_dir)
     if n_before:
         print(f"note: {work_dir} already holds {n_before} records; the search starts from them, and the curve "
               "and best latency below count only this run's trials", flush=True)
     builder = make_builder(str(cfg.get("builder", "persistent")), timeout_s=float(cfg.build_timeout_s))
-    runner = make_runner(number=int(ev.number), repeat=int(ev.repeat), min_repeat_ms=int(ev.min_repeat_ms),
-                         timeout_s=float(ev.timeout_s))
+    protocol = Protocol(**{"threads": int(cfg.threads), **dict(cfg.get("protocol") or {})})
+    runner = ProtocolRunner(target=target, protocol=protocol, guard=Guard(**dict(cfg.get("guard") or {})))
+    callbacks, clock = tuning_callbacks(runner)  # clock.times: when each committed record was measured
     t0 = time.perf_counter()
     try:
         ms.tune_tasks(
@@ -128,17 +139,20 @@ def tune(cfg: Any) -> dict[str, Any]:
             max_trials_global=int(cfg.trials), max_trials_per_task=cfg.get("max_trials_per_task") or None,
             num_trials_per_iter=int(cfg.trials_per_iter), builder=builder, runner=runner, database="json",
             cost_model=model, task_scheduler="gradient" if len(tasks) > 1 else "round-robin",
+            measure_callbacks=callbacks,
         )
     finally:
         tune_s = time.perf_counter() - t0
-        for pool in (getattr(builder, "pool", None), getattr(runner, "pool", None)):
-            if pool is not None:  # stop the worker processes now, not at garbage collection
-                pool.shutdown(wait=False)
+        runner.close()
+        if getattr(builder, "pool", None) is not None:  # stop the worker processes now, not at garbage collection
+            builder.pool.shutdown(wait=False)
     curve, best = best_curve(work_dir, tasks, start=n_before)
+    seconds = [round(t - t0, 3) for t in clock.times] if len(clock.times) == len(curve) else None
     stats = model.stats
     out: dict[str, Any] = {
         "label": label, "cost_model_name": str(cfg.cost_model), "best_s": _fin(curve[-1] if curve else math.inf),
         "tasks": {k: _fin(v) for k, v in best.items()}, "curve": [_fin(v) for v in curve], "trials": len(curve),
+        "seconds": seconds, "untuned_tasks": [k for k, v in best.items() if not math.isfinite(v)],
         "tune_s": round(tune_s, 2), "cost_model": stats.as_dict(),
         "cost_model_share": round(stats.model_s / tune_s, 4) if tune_s > 0 else None,
         "work_dir": str(work_dir), "plot": None,
@@ -146,18 +160,40 @@ def tune(cfg: Any) -> dict[str, Any]:
     inner = getattr(model, "inner", None)
     if inner is not None and hasattr(inner, "stats"):  # the GNN's own counters (fallbacks, fine-tuning)
         out["gnn"] = inner.stats.as_dict()
+    if cfg.get("network"):  # the estimate: weighted sum of the tuned tasks' bests (untuned ones left out)
+        weights = {t.name: t.weight for t in tasks}
+        out["estimate_ms"] = round(sum(weights[k] * v for k, v in best.items() if math.isfinite(v)) * 1e3, 4)
+        nt = cfg.get("network_timing") or {}
+        if nt.get("enabled", True):
+            from perfmodel.tvm.network import measure_network
+
+            print(f"compiling {label} with the tuned database and timing it (tuned, untuned, PyTorch eager)", flush=True)
+            try:
+                out.update(measure_network(str(cfg.network), int(cfg.batch), target=target, work_dir=work_dir,
+                                           threads=int(cfg.threads), repeat=int(nt.get("repeat", 5)),
+                                           min_repeat_ms=int(nt.get("min_repeat_ms", 200)),
+                                           untuned_repeat=int(nt.get("untuned_repeat", 3))))
+            except Exception as e:  # noqa: BLE001  the tuning results are still reported and saved
+                out["network_error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+                print(f"network compile/timing failed: {out['network_error']}", flush=True)
     if cfg.get("plot", True) and curve:
         out["plot"] = str(plot_curves({str(cfg.cost_model): curve}, work_dir / "best_latency.png",
-                                      title=f"{label}: best latency vs trials"))
+                                      title=f"{label}: best latency vs trials and seconds ({cfg.cost_model})",
+                                      seconds={str(cfg.cost_model): seconds} if seconds else None))
     (work_dir / "tune_summary.json").write_text(json.dumps(out, indent=1))
     _print_summary(out)
     return out
 
 
 def _print_summary(out: dict[str, Any]) -> None:
-    best = out["best_s"]
-    print(f"\n{out['label']}: best latency {best * 1e3:.4f} ms after {out['trials']} trials" if best is not None
-          else f"\n{out['label']}: no valid measurement in {out['trials']} trials")
+    best, n_tasks = out["best_s"], len(out["tasks"])
+    if best is not None:
+        print(f"\n{out['label']}: best latency {best * 1e3:.4f} ms after {out['trials']} trials")
+    elif n_tasks > 1 and len(out["untuned_tasks"]) < n_tasks:
+        print(f"\n{out['label']}: {n_tasks - len(out['untuned_tasks'])} of {n_tasks} tasks measured in "
+              f"{out['trials']} trials (no estimate over all of them)")
+    else:
+        print(f"\n{out['label']}: no valid measurement in {out['trials']} trials")
     if len(out["tasks"]) > 1:
         for name, s in out["tasks"].items():
             print(f"  {name:70s} {'-' if s is None else f'{s * 1e3:.4f} ms'}")
@@ -165,10 +201,39 @@ def _print_summary(out: dict[str, Any]) -> None:
     print(f"tuning {out['tune_s']:.1f} s, of which cost model {s['model_s']:.1f} s "
           f"({100 * (out['cost_model_share'] or 0):.1f}%: predict {s['predict_s']:.1f} s for {s['scored']} candidates "
           f"= {s['predict_per_s']:.0f}/s, update {s['update_s']:.1f} s)")
-    if "gnn" in out and (out["gnn"]["fallback"] or out["gnn"]["errors"]):
+    if "gnn" in out:
         print(f"GNN: {out['gnn']['fallback']} candidates got the fallback score, {out['gnn']['errors']} errors")
+    if out["untuned_tasks"]:
+        print(f"{len(out['untuned_tasks'])} of {len(out['tasks'])} tasks left untuned (no valid measurement): "
+              + ", ".join(out["untuned_tasks"]))
+    if "estimate_ms" in out:
+        n = len(out["tasks"]) - len(out["untuned_tasks"])
+        line = f"network estimate {out['estimate_ms']:.3f} ms (weighted sum of the bests of {n}/{len(out['tasks'])} tasks)"
+        if "network_latency_ms" in out:
+            line += (f"; measured end to end: tuned {out['network_latency_ms']:.3f} ms "
+                     f"({out['scheduled_funcs']}/{out['prim_funcs']} functions scheduled), "
+                     f"untuned {out['untuned_latency_ms']:.3f} ms, PyTorch eager {out['torch_eager_ms']:.3f} ms")
+        print(line)
     if out["plot"]:
         print(f"plot: {out['plot']}")
+
+
+def coverage_trials(n_tasks: int, trials_per_iter: int, max_trials_per_task: int | None = None) -> int:
+    """Trials that let the task scheduler measure every task once: its first pass gives each task, in
+    turn, one round of ``min(trials_per_iter, max_trials_per_task)`` candidates."""
+    per_round = min(trials_per_iter, max_trials_per_task) if max_trials_per_task else trials_per_iter
+    return n_tasks * per_round
+
+
+def budget_note(n_tasks: int, trials: int, trials_per_iter: int, max_trials_per_task: int | None = None) -> str | None:
+    """One line when ``trials`` is too small to measure each of ``n_tasks`` tasks once, else ``None``."""
+    need = coverage_trials(n_tasks, trials_per_iter, max_trials_per_task)
+    if n_tasks < 2 or trials >= need:
+        return None
+    per_round = need // n_tasks
+    return (f"budget too small: {trials} trials may leave tasks unmeasured (the scheduler's first pass gives each of "
+            f"the {n_tasks} tasks a round of {per_round} trials): trials >= {n_tasks} * {per_round} = {need} covers "
+            f"every task (or lower trials_per_iter); a task never reached stays untuned")
 
 
 def _n_records(work_dir: Path) -> int:

@@ -37,6 +37,13 @@ def native_target(threads: int = 1) -> dict:
     return {"kind": "llvm", "mcpu": str(llvm_get_system_cpu()), "num-cores": int(threads)}
 
 
+def target_of_summary(summary: dict) -> dict:
+    """The TVM target JSON of a ``{kind, mcpu, threads}`` summary (a checkpoint's, a card's)."""
+    mcpu = summary.get("mcpu")
+    return {"kind": summary.get("kind") or "llvm", **({"mcpu": mcpu} if mcpu and mcpu != "generic" else {}),
+            "num-cores": int(summary.get("threads") or 1)}
+
+
 def target_summary(target: object) -> dict:
     """``{kind, mcpu, threads}`` of a target (a ``tvm.target.Target``, its JSON dict or ``None``):
     what a checkpoint, a dataset card and a tuning run name as "the target"."""
@@ -140,25 +147,31 @@ def _load_mod(name: str) -> tvm.IRModule:
     return tvm.ir.load_json(mods[name])
 
 
-def extract_network_tasks(net: str, batch: int, target: dict | None = None) -> list[dict]:
-    """Trace a registry network with PyTorch, import it to Relax and extract its tuning tasks.
+def network_relax_mod(net: str, batch: int) -> tuple[tvm.IRModule, object, object]:
+    """A registry network as the fused Relax module its tuning tasks come from, with the PyTorch model and input.
+
+    The one pipeline behind both the registry's network tasks (:func:`extract_network_tasks`) and
+    compiling a tuned network: PyTorch export (random weights, ``torch.manual_seed(0)``) -> Relax ->
+    decompose, legalize, fold constants, fuse. Its PrimFuncs are therefore the registry's tasks, so a
+    tuning database of those tasks applies to it.
 
     Returns:
-        One dict per task: ``name``, ``weight``, ``mod`` (TVM JSON of a one-PrimFunc IRModule).
+        ``(mod, model, x)``: the fused Relax ``IRModule`` (weights bound as constants, ``main`` takes
+        the input), the ``nn.Module`` in eval mode and the input tensor ``x`` of shape ``(batch, *shape)``.
     """
     import torch
     import tvm
     from tvm import relax
     from tvm.relax.frontend.torch import from_exported_program
-    from tvm.s_tir import meta_schedule as ms
 
     from perfmodel.networks import NETWORKS
 
     cls, shape = NETWORKS[net]
     torch.manual_seed(0)
     model = cls().eval()
+    x = torch.randn(batch, *shape)
     with torch.no_grad():
-        ep = torch.export.export(model, (torch.randn(batch, *shape),))
+        ep = torch.export.export(model, (x,))
     mod = from_exported_program(ep)
     mod = tvm.transform.Sequential([
         relax.transform.DecomposeOpsForInference(),
@@ -168,6 +181,19 @@ def extract_network_tasks(net: str, batch: int, target: dict | None = None) -> l
         relax.transform.FuseOps(),
         relax.transform.FuseTIR(),
     ])(mod)
+    return mod, model, x
+
+
+def extract_network_tasks(net: str, batch: int, target: dict | None = None) -> list[dict]:
+    """Trace a registry network with PyTorch, import it to Relax and extract its tuning tasks.
+
+    Returns:
+        One dict per task: ``name``, ``weight``, ``mod`` (TVM JSON of a one-PrimFunc IRModule).
+    """
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    mod, _, _ = network_relax_mod(net, batch)
     tasks = ms.relax_integration.extract_tasks(mod, tvm.target.Target(target or DEFAULT_TARGET))
     out = []
     for t in sorted(tasks, key=lambda t: t.task_name):

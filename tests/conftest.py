@@ -38,10 +38,11 @@ def tiny_db(tmp_path_factory) -> Path:
     Returns the directory that holds ``database_workload.json`` / ``database_tuning_record.json``.
     """
     from perfmodel.collect.collector import CollectConfig, collect
+    from perfmodel.collect.measure import Guard
 
     out = tmp_path_factory.mktemp("tinydb")
     collect(CollectConfig(out_dir=str(out), hardware="test", tasks=["GMM-0", "NRM-0"],
-                          n_random=12, n_evolve=12, batch=6, progress=False))
+                          n_random=12, n_evolve=12, batch=6, progress=False, guard=Guard(enabled=False)))
     return out / "test"
 
 

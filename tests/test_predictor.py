@@ -10,7 +10,8 @@ import torch
 
 from perfmodel.featurize.schema import EDGE_FEATURES, NODE_FEATURES, SCHEMA_VERSION
 from perfmodel.models import build_model
-from perfmodel.predictor import CheckpointError, Predictor
+from perfmodel import predictor as predictor_mod
+from perfmodel.predictor import CheckpointError, MeasuredBuffer, Predictor, load_predictor
 from perfmodel.training.synthetic import SyntheticDataset
 
 torch.set_num_threads(1)  # tiny graphs on a shared 2-core machine: more threads only contend
@@ -42,11 +43,77 @@ def test_schema_mismatch_is_refused(tmp_path: Path) -> None:
 
 
 def test_not_a_checkpoint(tmp_path: Path) -> None:
+    import collections
+    import pickle
+
     torch.save({"state_dict": {}}, tmp_path / "x.pt")
-    with pytest.raises(CheckpointError, match="not a perfmodel checkpoint"):
-        Predictor.from_checkpoint(tmp_path / "x.pt")
+    (tmp_path / "notes.txt").write_text("hello\n")
+    torch.save({"counts": collections.Counter(a=1)}, tmp_path / "objects.pt")  # refused by weights_only=True
+    (tmp_path / "data.pkl").write_bytes(pickle.dumps({"a": np.arange(3)}))
+    for name in ("x.pt", "notes.txt", "objects.pt", "data.pkl"):
+        with pytest.raises(CheckpointError) as e:
+            load_predictor(tmp_path / name)
+        msg = str(e.value)
+        assert msg.startswith(f"{tmp_path / name}: not a perfmodel checkpoint (") and msg.endswith(")"), msg
+        assert "\n" not in msg and "weights_only" not in msg, msg  # not torch's advice to unpickle it anyway
+    with pytest.raises(FileNotFoundError, match="missing.pt does not exist"):
+        load_predictor(tmp_path / "missing.pt")
+
+
+def test_load_predictor_checks_feature_widths_and_defaults(tmp_path: Path, monkeypatch) -> None:
+    with pytest.raises(CheckpointError, match="in_dim=16 but the featurizer gives"):
+        load_predictor(_predictor().save(tmp_path / "synthetic.pt"))  # trained on 16 synthetic features
+    real = _predictor(in_dim=len(NODE_FEATURES), edge_dim=len(EDGE_FEATURES)).save(tmp_path / "real.pt")
+    assert isinstance(load_predictor(real), Predictor)
+    monkeypatch.setattr(predictor_mod, "DEFAULT_CHECKPOINT", tmp_path / "none-shipped.ckpt")
+    assert load_predictor(None, required=False) is None  # no shipped model: the caller goes on without one
+    with pytest.raises(FileNotFoundError, match="none-shipped.ckpt"):
+        load_predictor()
     with pytest.raises(FileNotFoundError):
-        Predictor.from_checkpoint(tmp_path / "missing.pt")
+        load_predictor(tmp_path / "named.ckpt", required=False)  # a named file must exist
+
+
+def test_target_mismatch() -> None:
+    znver3 = _predictor(target={"kind": "llvm", "mcpu": "znver3", "threads": 1})
+    assert znver3.target == {"kind": "llvm", "mcpu": "znver3", "threads": 1}
+    assert znver3.target_mismatch({"kind": "llvm", "mcpu": "znver3", "num-cores": 1}) is None  # target JSON
+    assert znver3.target_mismatch({"kind": "llvm", "mcpu": "znver3", "threads": 1}) is None  # summary
+    msg = znver3.target_mismatch({"kind": "llvm", "num-cores": 1})  # no mcpu = generic
+    assert msg == ("checkpoint trained for llvm/znver3/1 thread(s), scoring for llvm/generic/1 thread(s): "
+                   "predictions may be off; retrain on data of this target (python train.py data.db_paths=[...])")
+    assert "4 thread(s)" in znver3.target_mismatch({"kind": "llvm", "mcpu": "znver3", "num-cores": 4})
+    assert "cuda" in znver3.target_mismatch({"kind": "cuda", "num-cores": 1})
+    generic = _predictor(target={"kind": "llvm", "mcpu": "generic", "threads": 1})
+    assert generic.target_mismatch({"kind": "llvm", "num-cores": 1}) is None
+    old = _predictor()  # a checkpoint from before targets were recorded: no opinion
+    assert old.target is None and old.target_mismatch({"kind": "cuda"}) is None
+
+
+def test_target_mismatch_of_a_tvm_target(target) -> None:
+    znver3 = _predictor(target={"kind": "llvm", "mcpu": "znver3", "threads": 1})
+    assert "scoring for llvm/generic/1 thread(s)" in znver3.target_mismatch(target)
+
+
+def test_heldout_tasks_recorded_rebuilt_or_unknown() -> None:
+    from perfmodel.data.split import heldout_task_names
+
+    names = [f"T{i}" for i in range(10)]
+    recorded = _predictor(task_names=names, split={"kind": "task", "seed": 3, "test_tasks": ["T1", "T7"]})
+    assert recorded.heldout_tasks() == {"T1", "T7"} and recorded.heldout_tasks(3) == {"T1", "T7"}
+    assert recorded.heldout_tasks(5) == heldout_task_names(names, seed=5)  # another seed of the same split
+    legacy = _predictor(task_names=names, split={"kind": "task", "seed": 0})  # no test_tasks written
+    assert legacy.heldout_tasks() == heldout_task_names(names, seed=0) and len(legacy.heldout_tasks()) == 2
+    assert _predictor(task_names=names, split={"kind": "random", "seed": 0}).heldout_tasks() is None
+    assert _predictor().heldout_tasks() is None
+
+
+def test_measured_buffer_keeps_the_newest() -> None:
+    buf = MeasuredBuffer(history=3)
+    buf.add(["a", None, "b"], [1.0, 2.0, 3.0], task_id=0)  # None: a graph that failed to featurize
+    buf.add(["c", "d"], [4.0, 5.0], task_id=1)
+    assert (buf.datas, buf.log_secs, buf.task_ids, len(buf)) == (["b", "c", "d"], [3.0, 4.0, 5.0], [0, 1, 1], 3)
+    with pytest.raises(ValueError):
+        buf.add(["e"], [1.0, 2.0], task_id=0)
 
 
 def test_fine_tune_reduces_the_loss() -> None:

@@ -1,4 +1,5 @@
-"""`perfmodel tune`: config, task resolution, clear errors, and real tiny runs (a task, a network, the CLI)."""
+"""`perfmodel tune`: config, task resolution, clear errors, the budget call-out, and real tiny runs (a task, a network
+tuned, a network compiled with its database and timed end to end, the CLI)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from perfmodel.cli import compose, main
+from perfmodel.cli import main
+from perfmodel.config import compose
 
 torch.set_num_threads(1)  # tiny graphs on a shared 2-core machine: more threads only contend
 
@@ -30,16 +32,24 @@ def ckpt(tmp_path_factory) -> Path:
     return Predictor(model=build_model(cfg), meta=meta).save(tmp_path_factory.mktemp("ckpt") / "tiny.ckpt")
 
 
+# a short timing protocol, and no guard: the busy-machine guard is tested in tests/collect/test_measure.py
+FAST = ["guard.enabled=false", "+protocol.rounds=2", "+protocol.max_rounds=2", "+protocol.keep=1",
+        "+protocol.min_repeat_ms=1"]
+
+
 def _small(tmp_path: Path, ckpt: Path, *overrides: str):
     return compose("tune", [f"checkpoint={ckpt}", f"work_dir={tmp_path}", "population=64", "trials_per_iter=4",
-                            "eval.repeat=1", "eval.min_repeat_ms=1", *overrides])
+                            *FAST, *overrides])
 
 
-def test_config_defaults() -> None:
-    cfg = compose("tune", [])
-    assert cfg.cost_model == "gnn" and cfg.checkpoint is None and cfg.threads == 1
-    assert dict(cfg.target) == {"kind": "llvm", "num-cores": 1}
-    assert (cfg.eval.number, cfg.eval.repeat, cfg.eval.min_repeat_ms) == (1, 3, 20)
+def test_budget_call_out() -> None:
+    from perfmodel.tune import budget_note, coverage_trials
+
+    assert coverage_trials(24, 16) == 384 and coverage_trials(24, 16, 4) == 96 and coverage_trials(18, 1) == 18
+    note = budget_note(24, 48, 16)  # the known failure: resnet18 trials=48 measured 7 of 24 tasks
+    assert note is not None and "trials >= 24 * 16 = 384" in note and "\n" not in note
+    assert budget_note(24, 384, 16) is None and budget_note(18, 18, 1) is None
+    assert budget_note(1, 4, 16) is None  # one task: any budget measures it
 
 
 def test_resolve_tasks() -> None:
@@ -71,7 +81,7 @@ def test_errors_before_tuning(tmp_path: Path, capsys) -> None:
 @pytest.mark.slow
 def test_tune_a_task_from_the_cli(tmp_path: Path, ckpt: Path, capsys) -> None:
     rc = main(["tune", "task=GMM-0", "cost_model=gnn", "trials=8", f"checkpoint={ckpt}", f"work_dir={tmp_path}",
-               "population=64", "trials_per_iter=4", "eval.repeat=1", "eval.min_repeat_ms=1"])
+               "population=64", "trials_per_iter=4", *FAST])
     out = capsys.readouterr().out
     assert rc == 0 and "GMM-0: best latency" in out
     last = json.loads(out.strip().splitlines()[-1])
@@ -82,9 +92,12 @@ def test_tune_a_task_from_the_cli(tmp_path: Path, ckpt: Path, capsys) -> None:
     assert len(curve) == 8 and all(a >= b for a, b in zip(curve, curve[1:]) if a is not None and b is not None)
     assert summary["cost_model"]["scored"] > 0 and summary["cost_model"]["update_calls"] >= 1
     assert summary["gnn"]["fallback"] == 0 and 0 < last["cost_model_share"] < 1
+    secs = summary["seconds"]  # when each trial was measured, from the tuning's start
+    assert len(secs) == 8 and 0 < secs[0] and secs == sorted(secs) and secs[-1] <= summary["tune_s"]
+    assert summary["untuned_tasks"] == [] and "budget too small" not in out
     # again in the same work dir: the search starts from the stored records, the report counts only the new ones
     assert main(["tune", "task=GMM-0", "trials=4", f"checkpoint={ckpt}", f"work_dir={tmp_path}", "population=64",
-                 "trials_per_iter=4", "eval.repeat=1", "eval.min_repeat_ms=1", "plot=false"]) == 0
+                 "trials_per_iter=4", *FAST, "plot=false"]) == 0
     out = capsys.readouterr().out
     assert "already holds 8 records" in out and json.loads(out.strip().splitlines()[-1])["trials"] == 4
 
@@ -94,7 +107,7 @@ def test_tune_a_small_network(tmp_path: Path, ckpt: Path) -> None:
     from perfmodel.tune import resolve_tasks, tune
 
     cfg = _small(tmp_path, ckpt, "network=bert_layer", "batch=1", "trials=18", "trials_per_iter=1",
-                 "max_trials_per_task=1")
+                 "max_trials_per_task=1", "gnn.steps=2", "network_timing.enabled=false")
     _, tasks = resolve_tasks(cfg)
     assert len(tasks) == 18
     out = tune(cfg)  # the gradient scheduler gives every task one round first: one trial each
@@ -103,4 +116,28 @@ def test_tune_a_small_network(tmp_path: Path, ckpt: Path) -> None:
     weights = {t.name: t.weight for t in tasks}
     assert math.isclose(out["best_s"], sum(weights[k] * v for k, v in out["tasks"].items()), rel_tol=1e-9)
     assert out["cost_model"]["predict_calls"] >= 1 and out["gnn"]["fallback"] == 0
-    assert Path(out["plot"]).is_file()
+    assert Path(out["plot"]).is_file() and out["untuned_tasks"] == [] and len(out["seconds"]) == 18
+    assert math.isclose(out["estimate_ms"], out["best_s"] * 1e3, rel_tol=1e-4) and "network_latency_ms" not in out
+
+
+@pytest.mark.slow
+def test_network_too_small_a_budget_is_called_out_then_compiled_and_timed(tmp_path: Path, ckpt: Path, capsys) -> None:
+    """2 trials for bert_layer's 18 tasks: said before tuning; the 2 tuned tasks' schedules go into the compiled
+    network, the 16 others keep Relax's default code; it is timed beside the untuned build and PyTorch eager."""
+    from perfmodel.tune import tune
+
+    cfg = _small(tmp_path, ckpt, "network=bert_layer", "batch=1", "cost_model=random", "trials=2", "trials_per_iter=1",
+                 "network_timing.repeat=2", "network_timing.untuned_repeat=1", "network_timing.min_repeat_ms=1")
+    out = tune(cfg)
+    printed = capsys.readouterr().out
+    assert "budget too small" in printed and "trials >= 18 * 1 = 18" in printed
+    assert printed.index("budget too small") < printed.index("compiling bert_layer-b1")
+    assert out["trials"] == 2 and out["best_s"] is None and len(out["untuned_tasks"]) == 16
+    assert "16 of 18 tasks left untuned" in printed and "2 of 18 tasks measured" in printed
+    assert out["prim_funcs"] == 18 and out["scheduled_funcs"] == 2  # only the tuned tasks got a schedule
+    assert out["estimate_ms"] > 0 and out["network_latency_ms"] > 0 and out["torch_eager_ms"] > 0
+    assert out["untuned_latency_ms"] > 0 and out["tvm_threads"] == 1
+    assert out["max_rel_err"]["tuned"] < 1e-3 and out["max_rel_err"]["untuned"] < 1e-3  # same numbers as PyTorch
+    assert "measured end to end: tuned" in printed
+    summary = json.loads((tmp_path / "tune_summary.json").read_text())
+    assert {"network_latency_ms", "untuned_latency_ms", "torch_eager_ms", "estimate_ms", "untuned_tasks"} <= set(summary)

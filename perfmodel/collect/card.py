@@ -1,4 +1,4 @@
-"""The dataset card: what a measured database holds, on what hardware, and how noisy it is."""
+"""The dataset card: what a measured database holds, on what hardware and target, and how noisy its timings were."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 from perfmodel.collect.database import Database
+from perfmodel.collect.measure import Protocol
 
 
 def cpu_info() -> tuple[str, str]:
@@ -48,25 +49,68 @@ def card_stats(db: Database) -> dict:
             "failed": sum(c["failed"] for c in per_task.values()), "noise_median": q(0.5), "noise_p90": q(0.9)}
 
 
+def info_stats(db: Database) -> dict | None:
+    """What the timing guard saw (``measure_info.jsonl`` beside the database), or ``None`` without it.
+
+    Returns:
+        ``records`` (lines), ``unstable`` (records whose fastest rounds never agreed), ``disturbed``
+        (records stored although the machine was busy), ``spread_median`` (of the stored
+        fastest-rounds spread, max/min - 1) and ``rounds_median`` (timing rounds per record).
+    """
+    info = list(db.measure_info().values())
+    if not info:
+        return None
+    spreads = [float(i["spread"]) for i in info if i.get("spread") is not None]
+    rounds = [int(i["rounds"]) for i in info if i.get("rounds") is not None]
+    return {"records": len(info), "unstable": sum(1 for i in info if i.get("unstable") is True),
+            "disturbed": sum(1 for i in info if i.get("disturbed")),
+            "spread_median": statistics.median(spreads) if spreads else float("nan"),
+            "rounds_median": statistics.median(rounds) if rounds else float("nan")}
+
+
+def targets(db: Database) -> Counter:
+    """How many records were measured for each target, as ``(kind, mcpu, threads)``."""
+    from perfmodel.workloads import target_summary
+
+    out: Counter = Counter()
+    for r in db.records:
+        t = target_summary(r.target)
+        out[(t["kind"], t["mcpu"], t["threads"])] += 1
+    return out
+
+
 def render_card(db_dir: str | Path, collect_cfg: str = "conf/collect.yaml") -> str:
-    """Markdown card of the database at ``db_dir``."""
+    """Markdown card of the database at ``db_dir``: only what it computes from the database, the
+    collection config and this machine."""
+    import os
+
     import tvm
 
     db = Database.open(db_dir)
     st = card_stats(db)
+    info = info_stats(db)
     model, flags = cpu_info()
-    target = db.records[0].target if db.records else None
-    goal = ""
+    protocol, runner, goal = Protocol(), "local", ""
     try:
         import yaml
 
         c = yaml.safe_load(Path(collect_cfg).read_text())
+        protocol, runner = Protocol(**(c.get("protocol") or {})), str(c.get("runner", runner))
         per_task = int(c["n_random"]) + int(c["n_evolve"])
         total = per_task * len(c["tasks_default"])
         goal = (f"| Collection goal | {per_task} records per task x {len(c['tasks_default'])} tasks = {total}; "
                 f"{len(db.records) / total:.0%} done (`perfmodel collect` resumes; small design spaces end early) |\n")
     except (OSError, KeyError, TypeError, ValueError):
         pass
+    tgt = "; ".join(f"kind `{k}`, mcpu `{m}`, {t if t is not None else '?'} thread{'s' * (t != 1)}: {n} records"
+                    for (k, m, t), n in targets(db).most_common()) or "-"
+    timings = statistics.median(len(r.run_secs) for r in db.records if r.ok) if st["valid"] else 0
+    guard = ""
+    if info is not None:
+        guard = (f"| Timing guard (`measure_info.jsonl`, {info['records']} records) | {info['unstable']} unstable "
+                 f"(fastest rounds never agreed), {info['disturbed']} stored while disturbed; median "
+                 f"{info['rounds_median']:g} rounds per record, median spread of the fastest rounds "
+                 f"{info['spread_median']:.2%} |\n")
     rows = "\n".join(f"| `{n}` | {c['valid']} | {c['failed']} |" for n, c in sorted(st["tasks"].items()))
     return f"""# Dataset card: `{Path(db_dir).name}`
 
@@ -75,26 +119,17 @@ Schedules of TVM tuning tasks measured on this machine, in MetaSchedule's own JS
 
 | | |
 |---|---|
-| CPU | {model} ({platform.machine()}, {__import__('os').cpu_count()} logical cores on the collecting machine) |
-| Runner | one thread (`TVM_NUM_THREADS=1`), local runner: a persistent build worker and a persistent runner process (a build over 60 s or a run over 10 s is killed and stored as a failure) |
+| CPU | {model} ({platform.machine()}, {os.cpu_count()} logical cores on the collecting machine) |
+| Runner | {runner} (a build over {protocol.build_timeout_s:g} s or a timing round over {protocol.timeout_s:g} s is killed and stored as a failure) |
 | TVM | {tvm.__version__} |
-| Target | `{target}` (no `mcpu`: LLVM emits generic x86-64 code, so AVX-512 is not used; a new collection should add `mcpu`, into a new folder) |
+| Target | {tgt} |
 | Collection config | `{collect_cfg}` (random design-space samples, then MetaSchedule's evolutionary search with its XGBoost model) |
 | Valid records | {st['valid']} over {len(st['tasks'])} tasks |
 {goal}| Failed records (build/run errors, timeouts; `run_secs = [1e10]`, never a time) | {st['failed']} |
-| Repeats per record | 3 (each the mean over enough runs to last >= 20 ms) |
-| Noise: median relative spread (std/mean) of the repeats | {st['noise_median']:.2%} |
-| Noise: 90th percentile of the spread | {st['noise_p90']:.2%} |
-
-The spread of the repeats is a *lower* bound of the label noise: the repeats run back to back in
-one process. Timing the same schedule again later differs far more. `benchmarks/bench_noise.py`
-re-measures stored records and scores the stored times as predictions of the fresh ones (see
-benchmarks/RESULTS.md): on this 2-vCPU VM, two fresh measurements of the same 32 schedules a minute
-apart agreed on only ~85% of pairs (median difference 17-37%), and the stored times, measured while
-the machine was also used for development (builds on the other core, tests and training at times),
-ran ~1.8-2x slower than on the quiet machine and agree with fresh timings on ~80% of pairs. That is
-the ceiling any cost model's pairwise accuracy can reach against these labels.
-
+| Timings stored per record (median) | {timings:g} |
+| Noise: median relative spread (std/mean) of a record's stored timings | {st['noise_median']:.2%} |
+| Noise: 90th percentile of that spread | {st['noise_p90']:.2%} |
+{guard}
 CPU flags: `{flags}`
 
 ## Regenerate or extend

@@ -13,7 +13,6 @@ and continues up to the target.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import re
@@ -23,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from perfmodel.collect.database import Database, RawRecord
-from perfmodel.collect.measure import FAILED, Guard, LocalMeasurer, MeasureResult, Protocol, one_line
-from perfmodel.collect.sampler import Evolution, TaskSpace, to_py, trace_key
+from perfmodel.collect.database import FAILED, INFO_FILE, Database, RawRecord, to_py, trace_hash
+from perfmodel.collect.measure import Guard, LocalMeasurer, MeasureResult, Protocol, one_line
+from perfmodel.collect.sampler import Evolution, TaskSpace, trace_key
 
 
 @dataclass
@@ -99,14 +98,6 @@ def make_target(spec: Any, threads: int = 1) -> Any:
         return tvm.target.Target(dict(spec) if not isinstance(spec, str) else spec)
     except Exception as e:  # noqa: BLE001
         raise ValueError(f"target {spec!r} rejected by TVM: {one_line(e)}") from None
-
-
-INFO_FILE = "measure_info.jsonl"  # what the guard saw, one line per record, beside TVM's two files
-
-
-def trace_hash(key: str) -> str:
-    """Short stable id of a schedule (its trace key) for side files."""
-    return hashlib.sha1(key.encode()).hexdigest()[:16]
 
 
 def _record(wl: int, trace: Any, res: MeasureResult, target_json: Any, args_json: Any) -> RawRecord:
@@ -222,22 +213,31 @@ class Collector:
                 continue
             self._bar.set_postfix_str(f"retime {t.name}", refresh=False)
             space_args = None
-            for i in range(0, len(todo), self.cfg.batch):
-                chunk, scheds = todo[i:i + self.cfg.batch], []
+
+            def replay(chunk: list[RawRecord]) -> list[tuple[RawRecord, Any, Any]]:
+                out = []
                 for r in chunk:
                     try:
-                        cand = src.tuning_record(r).as_measure_candidate()
-                        scheds.append((r, cand))
+                        c = src.tuning_record(r).as_measure_candidate()
+                        out.append((r, c, c.sch.mod))
                     except Exception as e:  # noqa: BLE001  a trace that no longer replays is skipped
                         self.failures[(t.name, "replay")] += 1
                         self._log(f"retime: {src.path} record line {r.line} does not replay: {one_line(e)}")
+                return out
+
+            chunks = [todo[i:i + self.cfg.batch] for i in range(0, len(todo), self.cfg.batch)]
+            nxt = replay(chunks[0])
+            for k in range(len(chunks)):
+                scheds, nxt = nxt, (replay(chunks[k + 1]) if k + 1 < len(chunks) else [])
                 if not scheds:
                     continue
                 space_args = space_args or scheds[0][1].args_info
-                results = self.measurer.measure([(c.sch.mod, c.args_info) for _, c in scheds])
+                # the next chunk builds on the other core while this one is timed
+                results = self.measurer.measure([(m, c.args_info) for _, c, m in scheds],
+                                                next_items=[(m, c.args_info) for _, c, m in nxt])
                 args_json = to_py([a.as_json() for a in space_args])
                 recs = [RawRecord(line=0, workload=wl, trace=r.trace, run_secs=res.run_secs if res.ok else [FAILED],
-                                  target=self.target_json, args_info=args_json) for (r, _), res in zip(scheds, results)]
+                                  target=self.target_json, args_info=args_json) for (r, _, _), res in zip(scheds, results)]
                 self._append(recs, results)
                 for res in results:
                     self.stats["valid" if res.ok else "failed"] += 1

@@ -16,10 +16,35 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from perfmodel.collect.measure import FAILED
+FAILED = 1e10  # MetaSchedule's run_secs of a failed build or run: a record format fact, defined here only
 
 WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
+INFO_FILE = "measure_info.jsonl"  # what the timing guard saw, one JSON line per record (TVM never reads it)
+
+
+def trace_hash(key: str) -> str:
+    """Short stable id of a schedule (its trace key, :attr:`RawRecord.key`) in side files."""
+    import hashlib
+
+    return hashlib.sha1(key.encode()).hexdigest()[:16]
+
+
+def to_py(obj: Any) -> Any:
+    """TVM FFI JSON values (``String``, ``FloatImm``, arrays, maps) as plain Python JSON values."""
+    if isinstance(obj, bool) or obj is None:
+        return obj
+    if isinstance(obj, (int, float)):
+        return obj
+    if isinstance(obj, str):
+        return str(obj)
+    if isinstance(obj, dict) or type(obj).__name__ == "Map":
+        return {str(k): to_py(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)) or type(obj).__name__ == "Array":
+        return [to_py(x) for x in obj]
+    if hasattr(obj, "value"):
+        return obj.value
+    raise TypeError(f"cannot turn {type(obj).__name__} into JSON")
 
 
 class DatabaseError(ValueError):
@@ -102,8 +127,11 @@ class Database:
                 db.records.append(_parse_record(n, text, len(db.workloads)))
             except ValueError as e:
                 db.bad_lines.append(f"{rec}:{n}: corrupt tuning record ({e})")
-        for msg in db.bad_lines:
-            warnings.warn(f"skipped {msg}", stacklevel=2)
+        for f in (wl, rec):  # one warning per file: its corrupt line numbers and the first reason
+            bad = [m[len(f"{f}:"):].split(": ", 1) for m in db.bad_lines if m.startswith(f"{f}:")]
+            if bad:
+                warnings.warn(f"skipped {len(bad)} corrupt line{'s' * (len(bad) > 1)} of {f}: "
+                              f"{', '.join(n for n, _ in bad)} (line {bad[0][0]}: {bad[0][1]})", stacklevel=2)
         return db
 
     # ---- writing -------------------------------------------------------------------------
@@ -148,6 +176,20 @@ class Database:
         return ms.database.TuningRecord.from_json(
             [rec.trace, rec.run_secs, rec.target, rec.args_info], self.workload(rec.workload)
         )
+
+    def measure_info(self) -> dict[tuple[int, str], dict]:
+        """What the guard saw for each record, by ``(workload, trace_hash(record.key))``; empty
+        for a database without ``measure_info.jsonl`` (e.g. one written by ``tune_tir``)."""
+        out: dict[tuple[int, str], dict] = {}
+        path = self.path / INFO_FILE
+        if path.is_file():
+            for n, text in _lines(path):
+                try:
+                    obj = json.loads(text)
+                    out[(int(obj["workload"]), str(obj["trace"]))] = obj
+                except (ValueError, KeyError, TypeError):
+                    self.bad_lines.append(f"{path}:{n}: corrupt measure-info line")
+        return out
 
     def records_by_workload(self) -> dict[int, list[RawRecord]]:
         out: dict[int, list[RawRecord]] = {}

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-FAILED = 1e10  # MetaSchedule's run_secs for a failed build or run
+from perfmodel.collect.database import FAILED, to_py  # noqa: F401  (FAILED: re-exported for the timing code)
 PROTOCOL_VERSION = 2  # bump when the timing protocol changes what a stored time means
 
 
@@ -71,14 +71,14 @@ class Protocol:
     """
 
     rounds: int = 6
-    max_rounds: int = 12
+    max_rounds: int = 10
     repeat: int = 1
     min_repeat_ms: int = 2
     keep: int = 3
     placement: str = "same"
     realtime: bool = False
     max_spread: float = 0.03
-    budget_ms: float = 300.0
+    budget_ms: float = 200.0
     timeout_s: float = 20.0
     build_timeout_s: float = 60.0
     build_workers: int = 2
@@ -93,21 +93,25 @@ class Guard:
         enabled: check at all.
         max_foreign_cores: other processes' CPU use (cores, averaged over a batch) above which
             the batch waits and is re-measured.
+        ignore_niced: do not count processes running at a positive nice level (``nice -n 19
+            pytest``): the scheduler keeps them off the runner's core, so they are one neighbour on
+            the other core, which bench_noise's ``niced`` pass measures as harmless.
         max_steal: fraction of CPU time the hypervisor stole above which the same happens.
         ref_tolerance: the reference kernel is timed once per round; when even its fastest time
             during a batch is slower than the fastest this runner has seen by more, the whole
             batch ran on a slowed machine and is re-measured.
-        max_attempts: re-measurements of a disturbed batch; after that it is stored with what
-            the guard saw.
+        max_attempts: re-measurements of a disturbed batch (each after waiting for a quiet
+            machine); after that it is stored marked ``disturbed``, and training drops it.
         report_s: while waiting, one line saying why every this many seconds.
         settle_s: quiet seconds required before timing resumes.
     """
 
     enabled: bool = True
     max_foreign_cores: float = 0.5
+    ignore_niced: bool = True
     max_steal: float = 0.05
     ref_tolerance: float = 0.30
-    max_attempts: int = 3
+    max_attempts: int = 10
     report_s: float = 60.0
     settle_s: float = 2.0
 
@@ -128,6 +132,12 @@ class MeasureResult:
     @property
     def ok(self) -> bool:
         return self.error is None and bool(self.run_secs)
+
+
+def label_secs(run_secs: Iterable[float]) -> float:
+    """The time a record stands for: the median of its stored ``run_secs`` (with this protocol, the
+    median of its fastest rounds). Training labels, evaluation, tuning curves and benchmarks all use it."""
+    return float(np.median(np.asarray(list(run_secs), dtype=np.float64)))
 
 
 def one_line(e: BaseException) -> str:
@@ -271,6 +281,7 @@ def _worker_main(role: str) -> None:
     if role == "build":
         from perfmodel._tvm import load_ms
 
+        os.nice(19)  # builds may overlap a timing: stay off the runner's core
         load_ms()
     else:
         runner = _Runner()
@@ -426,18 +437,18 @@ class CpuMeter:
     time, in cores; ``steal`` = stolen / total CPU time.
     """
 
-    def __init__(self, own: Any) -> None:
+    def __init__(self, own: Any, *, ignore_niced: bool = False) -> None:
         self.own = own  # callable -> list of our pids
+        self.ignore_niced = ignore_niced
         self.hz = os.sysconf("SC_CLK_TCK")
         self._t = self.sample()
 
-    @staticmethod
-    def _stat() -> tuple[float, float, float]:
+    def _stat(self) -> tuple[float, float, float]:
         with open("/proc/stat") as f:
             v = [float(x) for x in f.readline().split()[1:]]
         idle = v[3] + v[4]
         steal = v[7] if len(v) > 7 else 0.0
-        busy = sum(v[:8]) - idle - steal
+        busy = sum(v[:8]) - idle - steal - (v[1] if self.ignore_niced else 0.0)
         return busy, steal, sum(v[:8])
 
     def _own(self) -> float:
@@ -520,24 +531,47 @@ class LocalMeasurer:
         self._runner = _Worker("run", threads=self.protocol.threads)
         self._tmp = tempfile.mkdtemp(prefix="perfmodel-measure-")
         self._target_json = json.dumps(_plain(target.export()))
-        self._meter = CpuMeter(self._pids)
+        self._meter = CpuMeter(self._pids, ignore_niced=self.guard.ignore_niced)
         self._ref_base: float | None = None  # fastest reference time seen by this runner
         self.waited_s = 0.0
+        self._quiet_during_build = False
+        self._last_clean = False
+        self._prefetch: tuple | None = None  # (ids of the modules, future of their builds, the modules)
+        self._threads: Any = None
         self.remeasured = 0
 
     def _pids(self) -> list[int]:
         return [p for p in [self._runner.pid, *self._builders.pids] if p is not None]
 
-    def measure(self, items: Iterable[tuple[Any, Any]]) -> list[MeasureResult]:
-        """Time ``(scheduled IRModule, args_info)`` pairs as one batch; results in the same order."""
+    def measure(self, items: Iterable[tuple[Any, Any]], *, next_items: Iterable[tuple[Any, Any]] | None = None
+                ) -> list[MeasureResult]:
+        """Time ``(scheduled IRModule, args_info)`` pairs as one batch; results in the same order.
+
+        ``next_items``, when the caller already knows the next batch, are built (by niced build
+        workers, on the other core) while this batch is timed.
+        """
         items = list(items)
         if not items:
             return []
-        cands = []
-        built = self._builders.build_all([m for m, _ in items], self._target_json, self._tmp,
-                                         self.protocol.build_timeout_s)
-        for i, ((_, args_info), (path, err, secs)) in enumerate(zip(items, built)):
-            cands.append(_Cand(i, path, args_of(args_info), MeasureResult(None, err, build_s=secs)))
+        mods = [m for m, _ in items]
+        start = self._meter.sample()
+        if self._prefetch is not None and self._prefetch[0] == [id(m) for m in mods]:
+            built = self._prefetch[1].result()
+            self._quiet_during_build = self._last_clean  # the machine was watched while the last batch ran
+        else:
+            self._drop_prefetch()  # never two builds at once; an unused prefetch is dropped
+            built = self._builders.build_all(mods, self._target_json, self._tmp, self.protocol.build_timeout_s)
+            load = self._meter.since(start)
+            self._quiet_during_build = load["s"] >= 0.5 and self._is_quiet(load)
+        self._prefetch = None
+        if next_items is not None:
+            nxt = [m for m, _ in next_items]
+            if nxt:
+                self._prefetch = ([id(m) for m in nxt], self._pool().submit(
+                    self._builders.build_all, nxt, self._target_json, self._tmp, self.protocol.build_timeout_s),
+                    nxt)
+        cands = [_Cand(i, path, args_of(args_info), MeasureResult(None, err, build_s=secs))
+                 for i, ((_, args_info), (path, err, secs)) in enumerate(zip(items, built))]
         try:
             self._time_batch([c for c in cands if c.path is not None])
         finally:
@@ -547,6 +581,17 @@ class LocalMeasurer:
                         os.remove(c.path)
                     except OSError:
                         pass
+        return [c.result for c in cands]
+
+    def measure_built(self, items: Iterable[tuple[str | None, Any]]) -> list[MeasureResult]:
+        """Time already built libraries: ``(library path or None, args_info)`` pairs, as one batch.
+
+        A ``None`` path is a failed build: its result is an error. Libraries are not removed.
+        """
+        cands = [_Cand(i, path, args_of(args_info), MeasureResult(None, None if path else "build failed"))
+                 for i, (path, args_info) in enumerate(items)]
+        self._quiet_during_build = False
+        self._time_batch([c for c in cands if c.path is not None])
         return [c.result for c in cands]
 
     def iter_measure(self, items: Iterable[tuple[Any, Any]]) -> Iterator[MeasureResult]:
@@ -587,8 +632,8 @@ class LocalMeasurer:
             return
         g, p = self.guard, self.protocol
         for attempt in range(1, g.max_attempts + 2):
-            if g.enabled:
-                self._wait_quiet()
+            if g.enabled and not (attempt == 1 and self._quiet_during_build):
+                self._wait_quiet()  # (the build phase, when quiet, served as the settle time)
             live = self._load(cands)
             if not live:
                 break
@@ -632,6 +677,7 @@ class LocalMeasurer:
                 continue
             if bad:
                 info["disturbed"] = "; ".join(bad)
+            self._last_clean = not bad
             self._finish(live, rounds, switched, info)
             break
         if self._runner.pid is not None:
@@ -666,6 +712,9 @@ class LocalMeasurer:
             c.result.info = dict(info, rounds=len(est), spread=round(spread, 4), switched=switched[c.index],
                                  unstable=spread > p.max_spread)
 
+    def _is_quiet(self, load: dict) -> bool:
+        return load["foreign"] <= self.guard.max_foreign_cores and load["steal"] <= self.guard.max_steal
+
     def _wait_quiet(self) -> None:
         """Block until other processes leave the machine quiet for ``settle_s``; one line per ``report_s``."""
         g = self.guard
@@ -675,7 +724,7 @@ class LocalMeasurer:
             start = self._meter.sample()
             time.sleep(g.settle_s)
             load = self._meter.since(start)
-            if load["foreign"] <= g.max_foreign_cores and load["steal"] <= g.max_steal:
+            if self._is_quiet(load):
                 self.waited_s += time.perf_counter() - t0 - g.settle_s
                 return
             now = time.perf_counter()
@@ -686,11 +735,31 @@ class LocalMeasurer:
                          f"{load['foreign']:.2f} cores (limit {g.max_foreign_cores}), steal {load['steal']:.1%}"
                          + (f"; busiest: {who}" if who else ""))
 
+    def _pool(self) -> Any:
+        if self._threads is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._threads = ThreadPoolExecutor(1, thread_name_prefix="perfmodel-build")
+        return self._threads
+
     @property
     def pids(self) -> list[int]:
         return self._pids()
 
+    def _drop_prefetch(self) -> None:
+        if self._prefetch is not None:
+            for path, _, _ in self._prefetch[1].result():
+                if path:
+                    try:
+                        os.remove(path)
+                    except OSError:
+                        pass
+            self._prefetch = None
+
     def close(self) -> None:
+        self._drop_prefetch()
+        if self._threads is not None:
+            self._threads.shutdown(wait=True)
         self._runner.close()
         self._builders.close()
         shutil.rmtree(self._tmp, ignore_errors=True)
@@ -703,8 +772,6 @@ class LocalMeasurer:
 
 
 def _plain(obj: Any) -> Any:
-    from perfmodel.collect.sampler import to_py
-
     return to_py(obj)
 
 

@@ -12,24 +12,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from perfmodel.collect.database import RawRecord
-
-
-def to_py(obj: Any) -> Any:
-    """TVM FFI JSON values (``String``, ``FloatImm``, arrays, maps) as plain Python JSON values."""
-    if isinstance(obj, bool) or obj is None:
-        return obj
-    if isinstance(obj, (int, float)):
-        return obj
-    if isinstance(obj, str):
-        return str(obj)
-    if isinstance(obj, dict) or type(obj).__name__ == "Map":
-        return {str(k): to_py(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)) or type(obj).__name__ == "Array":
-        return [to_py(x) for x in obj]
-    if hasattr(obj, "value"):
-        return obj.value
-    raise TypeError(f"cannot turn {type(obj).__name__} into JSON")
+from perfmodel.collect.database import RawRecord, to_py
 
 
 def trace_key(trace_json: Any) -> str:

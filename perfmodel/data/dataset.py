@@ -10,12 +10,10 @@ which happened).
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import math
 import os
-import statistics
 import sys
 from collections import Counter
 from pathlib import Path
@@ -25,8 +23,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch_geometric.data import Data, InMemoryDataset
+from tqdm import tqdm
 
 from perfmodel.featurize.schema import SCHEMA_VERSION
+from perfmodel.collect.measure import label_secs
 
 META_VERSION = 1  # version of the processed-file layout (independent of the feature schema)
 
@@ -94,22 +94,6 @@ def _shash(mod: Any) -> int:
     return int(tvm_ffi.structural_hash(mod)) & 0xFFFFFFFFFFFFFFFF
 
 
-@functools.cache
-def _registry_by_hash() -> dict[int, str]:
-    from perfmodel import workloads
-
-    return {_shash(workloads.get_task(n).mod): n for n in workloads.registry()}
-
-
-def _task_of_mod(mod: Any) -> str | None:
-    from perfmodel import workloads
-
-    try:
-        return workloads.task_of_mod(mod)
-    except AttributeError:  # TVM 0.27 moved structural_hash to tvm_ffi; match with it here
-        return _registry_by_hash().get(_shash(mod))
-
-
 def task_identity(mod: Any) -> tuple[str, str, float]:
     """(task name, family, FLOPs) of a workload module: the registry's when it matches, else derived.
 
@@ -117,7 +101,7 @@ def task_identity(mod: Any) -> tuple[str, str, float]:
     """
     from perfmodel import workloads
 
-    name = _task_of_mod(mod)
+    name = workloads.task_of_mod(mod)
     if name is not None:
         t = workloads.registry()[name]
         return name, t.family, float(t.flops)
@@ -169,16 +153,18 @@ class ScheduleDataset(InMemoryDataset):
     """
 
     def __init__(self, root: str | os.PathLike, db_paths: Any, *, granularity: str = "stage",
-                 max_records: int | None = None, workers: int = 1, progress: bool = True,
+                 max_records: int | None = None, max_spread: float | None = None, workers: int = 1,
+                 progress: bool = True,
                  transform: Any = None, force_reload: bool = False) -> None:
         if granularity not in ("stage", "loop"):
             raise ValueError(f"granularity must be 'stage' or 'loop', got {granularity!r}")
         self.db_dirs = _db_dirs(db_paths)
         self.granularity = granularity
         self.max_records = max_records
+        self.max_spread = max_spread
         self.workers = workers
         self.progress = progress
-        self.options = {"granularity": granularity, "max_records": max_records}
+        self.options = {"granularity": granularity, "max_records": max_records, "max_spread": max_spread}
         self.state = db_state(self.db_dirs)
         self.key = content_key(self.state, self.options)
         self.reused = 0
@@ -203,6 +189,7 @@ class ScheduleDataset(InMemoryDataset):
         self.processed_now = True
         reuse = self._reusable()
         datas, meta = build(self.db_dirs, granularity=self.granularity, max_records=self.max_records,
+                            max_spread=self.max_spread,
                             workers=self.workers, progress=self.progress, reuse=reuse)
         self.reused = meta["reused"]
         meta.update(options=self.options, state=self.state)
@@ -301,16 +288,21 @@ def _graphs(jobs: list, granularity: str, workers: int) -> Iterator[tuple[Data |
             yield from out
 
 
-def build(db_dirs: list[Path], *, granularity: str = "stage", max_records: int | None = None, workers: int = 1,
+def build(db_dirs: list[Path], *, granularity: str = "stage", max_records: int | None = None,
+          max_spread: float | None = None, workers: int = 1,
           progress: bool = True, reuse: dict[tuple[str, int], Data] | None = None) -> tuple[list[Data], dict[str, Any]]:
     """Replay and featurize every valid record of the databases.
 
     ``reuse`` maps ``(resolved database dir, line)`` to a graph built before from the same record.
+    ``max_spread`` drops records whose fastest timing rounds disagreed by more (the collector's
+    ``measure_info.jsonl``; reason ``unstable``); records without that information are kept.
+    Records the guard stored as ``disturbed`` (it gave up waiting for a quiet machine) are always
+    dropped (reason ``disturbed``).
 
     Returns:
         The list of ``Data`` items and the metadata dict (vocabularies, skipped counts, sources).
     """
-    from perfmodel.collect.database import Database
+    from perfmodel.collect.database import Database, trace_hash
 
     task_names: list[str] = []
     families: list[str] = []
@@ -329,6 +321,7 @@ def build(db_dirs: list[Path], *, granularity: str = "stage", max_records: int |
 
     for d in db_dirs:
         db = Database.open(d)
+        info = db.measure_info()
         skipped["corrupt_line"] += len(db.bad_lines)
         ident: dict[int, tuple[int, int, float] | None] = {}
         taken: Counter[int] = Counter()
@@ -337,6 +330,13 @@ def build(db_dirs: list[Path], *, granularity: str = "stage", max_records: int |
                 skipped["failed_measurement"] += 1
                 continue
             if max_records is not None and taken[raw.workload] >= max_records:
+                continue
+            seen = info.get((raw.workload, trace_hash(raw.key))) if info else None
+            if seen is not None and seen.get("disturbed"):  # the guard gave up waiting for a quiet machine
+                skipped["disturbed"] += 1
+                continue
+            if seen is not None and max_spread is not None and float(seen.get("spread") or 0.0) > max_spread:
+                skipped["unstable"] += 1
                 continue
             if raw.workload not in ident:
                 try:
@@ -370,12 +370,12 @@ def build(db_dirs: list[Path], *, granularity: str = "stage", max_records: int |
                 bar.update(1)
                 yield next(fresh)
 
-    bar = _progress(len(todo), progress)
+    bar = tqdm(total=len(todo), desc="featurize records", unit="rec", smoothing=0.05, disable=not progress)
     for (db, raw, task, fam, flops), (data, reason, msg) in zip(jobs, results()):
         if data is None:
             note(reason, f"{db.path}:{raw.line}: {msg}")
             continue
-        secs = statistics.median(raw.run_secs)
+        secs = label_secs(raw.run_secs)
         data.y = torch.tensor([math.log(secs)], dtype=torch.float32)
         data.task = torch.tensor([task], dtype=torch.long)
         data.family = torch.tensor([fam], dtype=torch.long)
@@ -393,19 +393,3 @@ def build(db_dirs: list[Path], *, granularity: str = "stage", max_records: int |
             "errors": errors, "sources": sources, "task_ids": task_ids, "family_ids": family_ids,
             "schema_version": SCHEMA_VERSION, "reused": n_reused}
     return datas, meta
-
-
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _progress(total: int, enabled: bool) -> Any:
-    if not enabled:
-        return _NoBar()
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc="featurize records", unit="rec", smoothing=0.05)

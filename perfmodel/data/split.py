@@ -88,3 +88,16 @@ def make_split(dataset: Any, kind: str = "random", seed: int = 0, val: float = 0
         parts["val"].append(np.flatnonzero(np.isin(tasks, rest[:n_val]) & ~test_mask))
         parts["train"].append(np.flatnonzero(np.isin(tasks, rest[n_val:]) & ~test_mask))
     return {k: np.sort(np.concatenate(v)).astype(np.int64) if v else np.zeros(0, np.int64) for k, v in parts.items()}
+
+
+def heldout_task_names(task_names: list[str], *, seed: int, val: float = 0.1, test: float = 0.2) -> set[str]:
+    """The test tasks that ``make_split(kind="task")`` picks from a dataset of these tasks (every one present)."""
+
+    class _Tasks:  # one item per task: make_split only looks at the task ids
+        task_ids = np.arange(len(task_names))
+
+        def __len__(self) -> int:
+            return len(task_names)
+
+    split = make_split(_Tasks(), kind="task", seed=seed, val=val, test=test)
+    return {task_names[int(i)] for i in split["test"]}

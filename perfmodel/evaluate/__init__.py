@@ -1,1 +1,1 @@
-"""Offline evaluation of cost models: metric functions, baselines, `perfmodel evaluate` / `check`."""
+"""Offline evaluation of cost models: `perfmodel evaluate` / `check`, their records, baselines' runs and reports."""

@@ -8,10 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from perfmodel.evaluate.metrics import task_metrics
+from perfmodel.metrics import task_metrics
 
 
-def check(task_name: str, *, predictor: Any, n: int = 64, seed: int = 1, eval_cfg: Any = None,
+def check(task_name: str, *, predictor: Any, n: int = 64, seed: int = 1, protocol: Any = None,
           target: Any = None) -> dict[str, Any]:
     """Predict and measure ``n`` random schedules of a registry task; the metrics of the predictions.
 
@@ -20,8 +20,8 @@ def check(task_name: str, *, predictor: Any, n: int = 64, seed: int = 1, eval_cf
         predictor: a ``perfmodel.predictor.Predictor``.
         n: schedules to sample (distinct seeds ``seed, seed+1, ...``; rejected samples are skipped).
         seed: first sampling seed (>= 1).
-        eval_cfg: ``perfmodel.collect.measure.EvalConfig`` of the timings (default: its defaults).
-        target: a ``tvm.target.Target`` (default: the registry's ``DEFAULT_TARGET``).
+        protocol: ``perfmodel.collect.measure.Protocol`` of the timings (default: the project's).
+        target: a ``tvm.target.Target`` (default: the predictor's training target, else this CPU's native one).
 
     Returns:
         ``task_metrics`` of the predictions (``mape``... ``peak5``, ``per_task``) plus ``task``,
@@ -30,16 +30,17 @@ def check(task_name: str, *, predictor: Any, n: int = 64, seed: int = 1, eval_cf
     """
     import tvm
 
-    from perfmodel.collect.measure import EvalConfig, LocalMeasurer
+    from perfmodel.collect.measure import LocalMeasurer, label_secs
     from perfmodel.collect.sampler import TaskSpace
-    from perfmodel.workloads import DEFAULT_TARGET, get_task
+    from perfmodel.workloads import get_task, native_target, target_of_summary
 
     if n < 1:
         raise ValueError(f"check: --n must be >= 1 (got {n})")
     if seed < 1:
         raise ValueError(f"check: --seed must be >= 1 (got {seed})")
     task = get_task(task_name)
-    target = target or tvm.target.Target(DEFAULT_TARGET)
+    trained = getattr(predictor, "target", None)
+    target = target or tvm.target.Target(target_of_summary(trained) if trained else native_target())
     t0 = time.perf_counter()
     space = TaskSpace(mod=task.mod, target=target)
     schs = [s for _, s in itertools.islice(space.random_stream(seed), n)]
@@ -48,11 +49,11 @@ def check(task_name: str, *, predictor: Any, n: int = 64, seed: int = 1, eval_cf
     t1 = time.perf_counter()
     pred = np.asarray(predictor.predict_schedules(schs), dtype=np.float64).reshape(-1)
     t2 = time.perf_counter()
-    with LocalMeasurer(target=target, cfg=eval_cfg or EvalConfig()) as m:
+    with LocalMeasurer(target=target, protocol=protocol) as m:
         results = m.measure([(s.mod, space.args_info) for s in schs])
     t3 = time.perf_counter()
     ok = np.array([r.ok for r in results])
-    true = np.array([float(np.median(r.run_secs)) if r.ok else np.nan for r in results])
+    true = np.array([label_secs(r.run_secs) if r.ok else np.nan for r in results])
     if not ok.any():
         raise ValueError(f"check: {task_name}: all {len(schs)} measurements failed (first: {results[0].error})")
     out = task_metrics(pred[ok], np.log(true[ok]), [task_name] * int(ok.sum()))

@@ -9,7 +9,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from perfmodel.evaluate.evaluator import DEFAULT_CACHE, DEFAULT_CHECKPOINT, DEFAULT_TRAIN_DB
+from perfmodel.evaluate.evaluator import DEFAULT_CACHE, DEFAULT_TRAIN_DB
+from perfmodel.predictor import DEFAULT_CHECKPOINT, load_predictor
 
 DEFAULT_BASELINES = "xgb,mlp,xgb-latency,random"
 
@@ -44,69 +45,51 @@ def register(sub: Any) -> None:
     p.add_argument("--n", type=int, default=64, help="schedules to sample and measure")
     p.add_argument("--seed", type=int, default=1, help="first sampling seed (>= 1)")
     p.add_argument("--checkpoint", default=None, help="model checkpoint (default: the shipped one)")
-    p.add_argument("--repeat", type=int, default=3, help="timings per schedule")
+    p.add_argument("--rounds", type=int, default=None, help="timing rounds per schedule (default: the protocol's)")
     p.add_argument("--json", default=None, help="write the results as JSON here")
     p.set_defaults(fn=cmd_check)
 
 
-def load_predictor(path: str | None, *, required: bool) -> Any:
-    """The checkpoint's ``Predictor``; ``None`` when the default one is absent and not ``required``."""
+def _predictor(path: str | None, *, required: bool) -> Any:
+    """``load_predictor`` of ``--checkpoint``: ``none`` = no model; a missing default one is skipped
+    (with a note) unless ``required``."""
     if path is not None and path.lower() == "none":
         return None
-    ckpt = Path(path) if path else DEFAULT_CHECKPOINT
-    if not ckpt.is_file():
-        if path or required:
-            raise FileNotFoundError(f"checkpoint {ckpt} does not exist (train one: `python train.py`)")
-        print(f"perfmodel evaluate: no checkpoint at {ckpt}: scoring the baselines only", file=sys.stderr)
-        return None
-    from perfmodel.predictor import Predictor
-
-    return Predictor.from_checkpoint(ckpt)
+    predictor = load_predictor(path, required=required)
+    if predictor is None:
+        print(f"perfmodel evaluate: no checkpoint at {DEFAULT_CHECKPOINT}: scoring the baselines only", file=sys.stderr)
+    return predictor
 
 
 def heldout_from(predictor: Any, train_db: list[str], split_seed: int | None) -> Any:
     """A callable giving the held-out test task names: the checkpoint's own split when it records one."""
-    meta = getattr(predictor, "meta", None) or {}
-    split = meta.get("split") or {}
 
     def names() -> set[str]:
-        if split.get("test_tasks") is not None and split_seed is None:
-            return set(split["test_tasks"])
-        seed = split_seed if split_seed is not None else int(split.get("seed", 0))
-        if meta.get("task_names") and split.get("kind", "task") == "task":
-            return split_task_names(meta["task_names"], seed=seed, val=float(split.get("val", 0.1)),
-                                    test=float(split.get("test", 0.2)))
+        held = predictor.heldout_tasks(split_seed) if predictor is not None else None
+        if held is not None:
+            return held
         from perfmodel.evaluate.evaluator import heldout_tasks
 
+        seed = split_seed if split_seed is not None else int(predictor.split.get("seed", 0) if predictor else 0)
         return heldout_tasks(train_db, seed=seed, cache_dir=DEFAULT_CACHE)
 
     return names
 
 
-def split_task_names(task_names: list[str], *, seed: int, val: float = 0.1, test: float = 0.2) -> set[str]:
-    """The test tasks that ``make_split(kind="task")`` picks from a dataset with these tasks."""
-    import numpy as np
-
-    from perfmodel.data import make_split
-
-    class _Tasks:  # one item per task: make_split only looks at the task ids
-        task_ids = np.arange(len(task_names))
-
-        def __len__(self) -> int:
-            return len(task_names)
-
-    split = make_split(_Tasks(), kind="task", seed=seed, val=val, test=test)
-    return {task_names[int(i)] for i in split["test"]}
+def _quiet_libraries() -> None:
+    """Hide the warnings that TVM, torch, xgboost... raise inside themselves; perfmodel's own (a
+    database's skipped corrupt lines, say) still show."""
+    warnings.filterwarnings("ignore", module=r"(tvm|tvm_ffi|torch|torch_geometric|lightning|xgboost|sklearn)(\.|$)")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from perfmodel.evaluate.evaluator import evaluate
     from perfmodel.evaluate.report import table, write_report
 
-    warnings.filterwarnings("ignore")
+    _quiet_libraries()
     baselines = [b.strip() for b in args.baselines.split(",") if b.strip()]
     train_db = args.train_db if args.train_db is not None else [str(DEFAULT_TRAIN_DB)]
-    predictor = load_predictor(args.checkpoint, required=False)
+    predictor = _predictor(args.checkpoint, required=False)
     heldout = None if args.all_tasks else heldout_from(predictor, train_db, args.split_seed)
     res = evaluate(args.db, predictor=predictor, train_db=train_db if baselines else [], baselines=baselines,
                    seed=args.seed, quick=args.quick, heldout=heldout, train_per_task=args.train_per_task,
@@ -124,14 +107,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from perfmodel.collect.measure import EvalConfig
+    from perfmodel.collect.measure import Protocol
     from perfmodel.evaluate.check import check
-    from perfmodel.evaluate.metrics import METRICS
     from perfmodel.evaluate.report import _fmt
+    from perfmodel.metrics import METRICS
 
-    warnings.filterwarnings("ignore")
-    predictor = load_predictor(args.checkpoint, required=True)
-    out = check(args.task, predictor=predictor, n=args.n, seed=args.seed, eval_cfg=EvalConfig(repeat=args.repeat))
+    _quiet_libraries()
+    predictor = _predictor(args.checkpoint, required=True)
+    out = check(args.task, predictor=predictor, n=args.n, seed=args.seed, protocol=Protocol(rounds=args.rounds) if args.rounds else None)
     print(f"{args.task}: {out['n_measured']} of {out['n_sampled']} schedules measured "
           f"(sample {out['sample_s']}s, predict {out['predict_s']}s, measure {out['measure_s']}s)")
     for k in METRICS:

@@ -19,13 +19,14 @@ from typing import Any
 
 import numpy as np
 
-from perfmodel.evaluate.metrics import METRICS, task_metrics
+from perfmodel.config import REPO
 from perfmodel.evaluate.records import TaskRecords, load_tasks
+from perfmodel.metrics import METRICS, task_metrics
+from perfmodel.workloads import DEFAULT_DB
 
-REPO = Path(__file__).resolve().parents[2]
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "pretrained" / "gnn.ckpt"
-DEFAULT_TRAIN_DB = REPO / "datasets" / "amd-epyc-t1"
-DEFAULT_CACHE = REPO / ".cache" / "dataset-stage"  # the cache training uses (conf/data/default.yaml)
+DEFAULT_TRAIN_DB = DEFAULT_DB  # the default dataset (perfmodel.workloads: one home)
+# the cache training uses: conf/data/default.yaml's data.root (tests/training/test_train_config.py holds them equal)
+DEFAULT_CACHE = REPO / ".cache" / "dataset"
 
 
 @dataclass
@@ -110,7 +111,7 @@ def evaluate(
         predictor: a ``perfmodel.predictor.Predictor`` (``None``: baselines only).
         train_db: databases the baselines are trained on; their tasks that also appear in the
             evaluation set are left out of the training set.
-        baselines: names from ``perfmodel.baselines.NAMES``.
+        baselines: names from ``perfmodel.evaluate.baselines.NAMES``.
         seed: seed of the baselines.
         quick: shorter baseline training (tests, ``--quick`` benchmarks).
         heldout: when a database is both evaluated and trained on, only these task names are
@@ -119,7 +120,7 @@ def evaluate(
         train_per_task: train the baselines on at most this many records per task (``None``: all).
         log: progress messages.
     """
-    from perfmodel import baselines as B
+    from perfmodel.evaluate import baselines as B
 
     for name in baselines:
         if name not in B.NAMES:
@@ -206,7 +207,7 @@ def _run_gnn(predictor: Any, tasks: list[TaskRecords], notes: list[str], log: Ca
 
 def _run_baseline(model: Any, train: list[TaskRecords], tasks: list[TaskRecords],
                   log: Callable[[str], None]) -> ModelRun:
-    from perfmodel.baselines import BaselineError
+    from perfmodel.evaluate.baselines import BaselineError
 
     run = ModelRun(name=model.name, absolute=model.absolute)
     t0 = time.perf_counter()

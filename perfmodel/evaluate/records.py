@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from perfmodel.collect.database import Database, DatabaseError, RawRecord, iter_databases
+from perfmodel.collect.measure import label_secs
 
 _NET_TASK = re.compile(r"^(?P<net>[^/]+)-b(?P<batch>\d+)/(?P<op>.+)$")
 
@@ -172,7 +173,7 @@ def _db_tasks(path: Path) -> list[TaskRecords]:
         task = reg.get(name)
         out.append(TaskRecords(
             name=name, key=key, db=db, workload=w, records=ok,
-            times=np.array([float(np.median(r.run_secs)) for r in ok], dtype=np.float64),
+            times=np.array([label_secs(r.run_secs) for r in ok], dtype=np.float64),
             n_failed=len(recs) - len(ok), family=task.family if task else None,
             batch=task.batch if task else None, weight=task.weight if task else 1,
         ))

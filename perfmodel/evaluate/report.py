@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from perfmodel.evaluate.evaluator import EvalResult
-from perfmodel.evaluate.metrics import METRICS
+from perfmodel.metrics import METRICS
 
 _MAX_SCATTER_TASKS = 24  # tasks drawn in the predicted-vs-measured grid (most records first)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +16,22 @@ def _pairs(pred: Tensor, true: Tensor, task: Tensor) -> tuple[Tensor, Tensor, Te
     same = task[:, None] == task[None, :]
     faster = true[:, None] < true[None, :]
     return pred[:, None] - pred[None, :], true[None, :] - true[:, None], same & faster
+
+
+def batch_loss(model: nn.Module, loss_fn: nn.Module, batch: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The training step's forward pass, shared by the LightningModule and ``Predictor.fine_tune``.
+
+    Args:
+        model: ``model(batch) -> [B]`` predicted log seconds.
+        loss_fn: ``loss_fn(pred, true, task) -> scalar``.
+        batch: a collated (normalized) batch with ``y`` (log seconds) and ``task`` per graph.
+
+    Returns:
+        ``(loss, pred [B], true [B], task [B])``.
+    """
+    pred = model(batch)
+    true, task = batch.y.reshape(-1).to(pred.dtype), batch.task.reshape(-1)
+    return loss_fn(pred, true, task), pred, true, task
 
 
 class MSELoss(nn.Module):

@@ -1,4 +1,4 @@
-"""TVM's XGBoost cost model trained and tested on the same split as the GNN (glue to ``perfmodel.baselines``)."""
+"""TVM's XGBoost cost model trained and tested on the same split as the GNN (glue to ``perfmodel.evaluate.baselines``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from perfmodel.evaluate.metrics import task_metrics
+from perfmodel.metrics import task_metrics
 
 log = logging.getLogger(__name__)
 
@@ -18,7 +18,7 @@ def xgb_test_metrics(dataset: Any, splits: dict[str, np.ndarray], *, name: str =
     Returns:
         ``task_metrics`` of its test scores (absolute metrics ``nan`` for ranking-only baselines).
     """
-    from perfmodel import baselines
+    from perfmodel.evaluate import baselines
 
     import random
 

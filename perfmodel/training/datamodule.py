@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -46,6 +48,7 @@ class ScheduleDataModule(L.LightningDataModule):
         db_paths: MetaSchedule database directories (or folders holding them).
         granularity: ``stage`` or ``loop`` graphs.
         max_records: featurize at most this many records per workload (``None`` = all; smoke runs).
+        max_spread: drop records whose fastest timing rounds disagreed by more (``None``: keep all).
         workers: processes that featurize the databases the first time.
         split: ``task`` (held-out tasks), ``random`` (within task) or ``family``.
         split_seed: seed of the split.
@@ -71,6 +74,7 @@ class ScheduleDataModule(L.LightningDataModule):
         db_paths: Sequence[str] = ("datasets/amd-epyc-t1",),
         granularity: str = "stage",
         max_records: int | None = None,
+        max_spread: float | None = None,
         workers: int = 1,
         split: str = "task",
         split_seed: int = 0,
@@ -89,7 +93,7 @@ class ScheduleDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.root, self.db_paths, self.granularity = str(root), [str(p) for p in db_paths], granularity
-        self.max_records, self.workers = max_records, workers
+        self.max_records, self.max_spread, self.workers = max_records, max_spread, workers
         self.split_kind, self.split_seed, self.val, self.test = split, split_seed, val, test
         self.holdout_family = holdout_family
         self.batch_size, self.tasks_per_batch, self.eval_batch_size = batch_size, tasks_per_batch, eval_batch_size
@@ -108,7 +112,8 @@ class ScheduleDataModule(L.LightningDataModule):
             from perfmodel.data import ScheduleDataset
 
             self.dataset = ScheduleDataset(self.root, self.db_paths, granularity=self.granularity,
-                                           max_records=self.max_records, workers=self.workers)
+                                           max_records=self.max_records, max_spread=self.max_spread,
+                                           workers=self.workers)
         if len(self.dataset) == 0:
             raise ValueError(f"dataset at {self.root} from {self.db_paths} has no usable records")
         if self.splits is None:
@@ -175,6 +180,29 @@ class ScheduleDataModule(L.LightningDataModule):
         h.update(np.asarray(field(self.dataset, "y"), dtype=np.float32)[tr].tobytes())
         return h.hexdigest()
 
+    def train_targets(self) -> list[dict[str, Any]]:
+        """``{kind, mcpu, threads}`` of the targets the training records were measured on, most common
+        first (re-read from their database lines; empty for a dataset without ``sources``, e.g. synthetic)."""
+        sources = getattr(self.dataset, "sources", None)
+        if not sources:
+            return []
+        from perfmodel.collect.database import Database
+        from perfmodel.workloads import target_summary
+
+        lines: dict[str, set[int]] = {}
+        for i in self.splits["train"]:
+            db, line = sources[int(i)]
+            lines.setdefault(str(db), set()).add(int(line))
+        counts: Counter[str] = Counter()
+        for db, want in lines.items():
+            for r in Database.open(db).records:
+                if r.line in want and r.target is not None:
+                    counts[json.dumps(r.target, sort_keys=True)] += 1
+        summaries: Counter[str] = Counter()
+        for t, n in counts.items():
+            summaries[json.dumps(target_summary(json.loads(t)))] += n
+        return [json.loads(t) for t, _ in summaries.most_common()]
+
     def norm_state(self) -> dict[str, Any] | None:
         return None if self.norm is None else self.norm.state_dict()
 
@@ -207,12 +235,4 @@ class ScheduleDataModule(L.LightningDataModule):
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Standardizes the features of a collated batch (the cached dataset is left untouched)."""
-        return apply_norm(self.norm, batch)
-
-
-def apply_norm(norm: Any, batch: Any) -> Any:
-    """``norm.apply(batch)`` on a batch (returns the batch whether ``apply`` works in place or not)."""
-    if norm is None:
-        return batch
-    out = norm.apply(batch)
-    return batch if out is None else out
+        return batch if self.norm is None else self.norm.apply(batch)

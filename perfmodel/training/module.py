@@ -10,7 +10,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from perfmodel.evaluate.metrics import task_metrics
+from perfmodel.metrics import task_metrics
+from perfmodel.models.losses import batch_loss
+from perfmodel.predictor import CKPT_KEY
 
 # Metrics logged every epoch as <stage>/<name> (task_metrics keys).
 LOGGED = ("rmse_log", "mape", "r2", "kendall_tau", "spearman", "pairwise_acc", "peak1", "peak5")
@@ -24,8 +26,8 @@ class CostModelModule(L.LightningModule):
         loss: ``loss(pred [B], true [B], task [B]) -> scalar``.
         optimizer: partial optimizer, called with the parameters.
         scheduler: partial LR scheduler, called with the optimizer (None = constant LR).
-        meta: plain-container facts stored in every checkpoint under ``"perfmodel"``
-            (model config, feature-schema version, normalization state, data fingerprint...).
+        meta: plain-container facts stored in every checkpoint under ``CKPT_KEY``
+            (``perfmodel.predictor.checkpoint_meta``: model config, schema, normalization, split, target...).
     """
 
     def __init__(
@@ -49,9 +51,7 @@ class CostModelModule(L.LightningModule):
         return self.model(batch)
 
     def _step(self, batch: Any, stage: str) -> Tensor:
-        pred = self.model(batch)
-        y, task = batch.y.reshape(-1).to(pred.dtype), batch.task.reshape(-1)
-        loss = self.loss_fn(pred, y, task)
+        loss, pred, y, task = batch_loss(self.model, self.loss_fn, batch)
         self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, batch_size=y.numel(),
                  prog_bar=stage != "test", sync_dist=stage != "train")
         self._outs[stage].append((pred.detach().cpu(), y.detach().cpu(), task.detach().cpu()))
@@ -105,4 +105,4 @@ class CostModelModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_fn(optimizer=opt), "interval": "epoch"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["perfmodel"] = self.meta
+        checkpoint[CKPT_KEY] = self.meta

@@ -22,8 +22,6 @@ from perfmodel.training.module import LOGGED, CostModelModule
 
 log = logging.getLogger(__name__)
 
-CKPT_FORMAT = 1  # version of the "perfmodel" block in checkpoints
-
 
 def model_config(cfg_model: DictConfig | dict[str, Any], *, in_dim: int, edge_dim: int) -> dict[str, Any]:
     """The plain dict a checkpoint stores to rebuild the model (``build_model`` form)."""
@@ -43,25 +41,20 @@ def model_config(cfg_model: DictConfig | dict[str, Any], *, in_dim: int, edge_di
 
 def build_module(cfg: DictConfig, dm: ScheduleDataModule) -> CostModelModule:
     """The LightningModule for ``cfg`` on the (set up) data module, with its checkpoint metadata."""
-    from perfmodel.featurize.schema import SCHEMA_VERSION
     from perfmodel.models import build_model
+    from perfmodel.predictor import checkpoint_meta
 
     mcfg = model_config(cfg.model, in_dim=dm.num_node_features, edge_dim=dm.num_edge_features)
     model = build_model(mcfg)
     model.set_flops_stats(dm.train_log_flops(), dm.train_log_secs())
-    meta = {
-        "format": CKPT_FORMAT,
-        "schema_version": SCHEMA_VERSION,
-        "granularity": dm.granularity,
-        "model": mcfg,
-        "norm": dm.norm_state(),
-        "fingerprint": dm.fingerprint(),
-        "task_names": dm.task_names,
-        "split": {"kind": dm.split_kind, "seed": dm.split_seed, "n_train": int(len(dm.splits["train"])),
-                  "n_val": int(len(dm.splits["val"])), "n_test": int(len(dm.splits["test"]))},
-        "db_paths": dm.db_paths,
-        "seed": int(cfg.get("seed", 0)),
-    }
+    names = dm.task_names
+    test_tasks = sorted({names[int(t)] for t in np.unique(dm.task_ids[dm.splits["test"]])})
+    split = {"kind": dm.split_kind, "seed": dm.split_seed, "val": dm.val, "test": dm.test,
+             "n_train": int(len(dm.splits["train"])), "n_val": int(len(dm.splits["val"])),
+             "n_test": int(len(dm.splits["test"])), "test_tasks": test_tasks}
+    meta = checkpoint_meta(model=mcfg, granularity=dm.granularity, norm=dm.norm_state(), fingerprint=dm.fingerprint(),
+                           task_names=names, split=split, db_paths=dm.db_paths, targets=dm.train_targets(),
+                           seed=int(cfg.get("seed", 0)))
     return CostModelModule(model=model, loss=instantiate(cfg.loss), optimizer=instantiate(cfg.optim),
                            scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None, meta=meta)
 
@@ -204,12 +197,9 @@ def compose_train(overrides: list[str] | tuple[str, ...] = (), *, output_dir: st
     ``paths.output_dir`` (which ``@hydra.main`` takes from Hydra's run dir) defaults to
     ``<paths.log_dir>/<task_name>/<timestamp>``.
     """
-    from hydra import compose, initialize_config_dir
+    from perfmodel.config import REPO, compose
 
-    conf = Path(__file__).resolve().parents[2] / "conf"
-    root = conf.parent
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[f"paths.root_dir={root}", *overrides])
+    cfg = compose("train", [f"paths.root_dir={REPO}", *overrides])
     if output_dir is None and not any(o.startswith("paths.output_dir=") for o in overrides):
         output_dir = f"{cfg.paths.log_dir}/{cfg.task_name}/{time.strftime('%Y-%m-%d_%H-%M-%S')}"
     if output_dir is not None:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,14 +83,51 @@ def make_builder(kind: str = "persistent", *, timeout_s: float = 60.0, max_worke
     raise ValueError(f"unknown builder {kind!r}: use persistent or local")
 
 
-def make_runner(*, number: int = 1, repeat: int = 3, min_repeat_ms: int = 20, timeout_s: float = 30.0) -> Any:
-    """TVM's ``LocalRunner`` timing like the collector (``repeat`` timings of >= ``min_repeat_ms`` each).
+@derived_object
+class RecordClock(ms.measure_callback.PyMeasureCallback):
+    """When each record of a tuning run was measured: ``times[k]`` is the ``perf_counter`` of the ``k``-th
+    record the run commits to its database (the wall-clock axis of its tuning curve).
 
-    Set ``TVM_NUM_THREADS`` in the environment before the first run: the worker inherits it.
+    MetaSchedule commits a batch's records after the task scheduler joins it, which for the first
+    round of a network (one batch per task) comes after all of them ran; the runner's ``finished``
+    (:class:`~perfmodel.collect.runner.ProtocolRunner`) says when each timed candidate really
+    finished. The two are matched in order (batches are joined in the order they ran); a candidate
+    that failed to build was never timed and gets its batch's time (the join time for a batch
+    without one built candidate).
+
+    It also stands in for MetaSchedule's ``RemoveBuildArtifact`` callback, tolerating a runner that
+    already removed the artifact (``ProtocolRunner`` does; TVM's callback then raises).
+
+    Args:
+        runner: the tuning run's runner, with a ``finished`` list (or none: every time is the join time).
     """
-    cfg = ms.runner.EvaluatorConfig(number=number, repeat=repeat, min_repeat_ms=min_repeat_ms,
-                                    enable_cpu_cache_flush=False)
-    return ms.runner.LocalRunner(timeout_sec=timeout_s, evaluator_config=cfg)
+
+    def __init__(self, runner: Any = None) -> None:
+        super().__init__()
+        self.runner = runner
+        self.times: list[float] = []
+        self._used = 0  # entries of runner.finished matched so far
+
+    def apply(self, task_scheduler: Any, task_id: int, measure_candidates: list[Any],
+              builder_results: list[Any], runner_results: list[Any]) -> None:
+        now = time.perf_counter()
+        built = [b.error_msg is None for b in builder_results]
+        finished = list(getattr(self.runner, "finished", None) or [])
+        ts = finished[self._used:self._used + sum(built)] if finished else []
+        self._used += len(ts)
+        batch_t = max(ts) if ts else now
+        it = iter(ts)
+        self.times += [next(it, batch_t) if ok else batch_t for ok in built]
+        for b in builder_results:
+            if b.artifact_path:
+                shutil.rmtree(os.path.dirname(b.artifact_path), ignore_errors=True)
+
+
+def tuning_callbacks(runner: Any = None) -> tuple[list[Any], RecordClock]:
+    """MetaSchedule's default measure callbacks (add to database, remove artifacts, update the cost model)
+    with :class:`RecordClock` removing the artifacts; returns the list and the clock."""
+    clock = RecordClock(runner)
+    return [ms.measure_callback.AddToDatabase(), clock, ms.measure_callback.UpdateCostModel()], clock
 
 
 def make_contexts(tasks: list[TuneTask], *, target: Any, work_dir: str | Path, seed: int = 1,
@@ -136,6 +176,7 @@ def best_curve(work_dir: str | Path, tasks: list[TuneTask], *, start: int = 0) -
     import tvm_ffi
 
     from perfmodel.collect.database import Database
+    from perfmodel.collect.measure import label_secs
 
     db = Database.open(work_dir)
     by_hash = {int(tvm_ffi.structural_hash(t.mod)): t for t in tasks}
@@ -147,7 +188,7 @@ def best_curve(work_dir: str | Path, tasks: list[TuneTask], *, start: int = 0) -
             task_of[rec.workload] = by_hash.get(int(tvm_ffi.structural_hash(db.workload(rec.workload).mod)))
         t = task_of[rec.workload]
         if t is not None and rec.ok:
-            s = sorted(rec.run_secs)[len(rec.run_secs) // 2]  # median
+            s = label_secs(rec.run_secs)
             best[t.name] = min(best[t.name], s)
         curve.append(sum(x.weight * best[x.name] for x in tasks))
     return curve, best
@@ -168,22 +209,38 @@ def trials_to_reach(curve: list[float], latency: float, *, rel_tol: float = 0.0)
     return None
 
 
-def plot_curves(curves: dict[str, list[float]], path: str | Path, *, title: str = "") -> Path:
-    """Best latency (ms) against trials, one line per curve, saved as an image (matplotlib Agg)."""
+def plot_curves(curves: dict[str, list[float]], path: str | Path, *, title: str = "",
+                seconds: dict[str, list[float]] | None = None) -> Path:
+    """Best latency (ms) against trials, one line per curve, saved as an image (matplotlib Agg).
+
+    Args:
+        curves: label -> best latency (seconds) after each trial (``inf``/``None`` before the first valid one).
+        path: the image file.
+        title: the figure's title.
+        seconds: label -> seconds since the run's start at which each trial was measured (same
+            lengths as ``curves``): adds a second panel, best latency against wall-clock seconds.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for label, curve in curves.items():
-        xs = [k for k, v in enumerate(curve, 1) if math.isfinite(v)]
-        ax.step(xs, [curve[k - 1] * 1e3 for k in xs], where="post", label=label)
-    ax.set_xlabel("trials (measured candidates)")
-    ax.set_ylabel("best latency (ms)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
+    panels = 2 if seconds else 1
+    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4), squeeze=False)
+    for col, (ax, xlabel) in enumerate(zip(axes[0], ["trials (measured candidates)", "tuning wall-clock (s)"])):
+        for label, curve in curves.items():
+            xs_all = list(range(1, len(curve) + 1)) if col == 0 else list((seconds or {}).get(label) or [])
+            pts = [(x, v) for x, v in zip(xs_all, curve) if v is not None and math.isfinite(v)]
+            if pts:  # a step line, and a dot at the final best (visible even for one point)
+                (line,) = ax.step([x for x, _ in pts], [v * 1e3 for _, v in pts], where="post", label=label)
+                ax.plot([pts[-1][0]], [pts[-1][1] * 1e3], "o", markersize=3, color=line.get_color())
+        ax.set_xlabel(xlabel)
+        ax.set_xlim(left=0)
+        ax.set_ylabel("best latency (ms)")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small")
+    fig.suptitle(title)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Counters of a cost model's work, and a wrapper that times (and guards) any MetaSchedule cost model."""
+"""Counters of a cost model's work, and the one wrapper that times, counts and guards any MetaSchedule cost model."""
 
 from __future__ import annotations
 
@@ -28,7 +28,8 @@ class CostModelStats:
         updated: measured candidates passed to ``update``.
         update_s: wall seconds inside ``update`` (fine-tuning / retraining included).
         fine_tune_steps: optimizer steps of online fine-tuning (GNN only).
-        fallback: candidates that got the fallback score (featurization or prediction failed / NaN).
+        target_mismatch: ``predict`` calls for another target than the checkpoint's (GNN only).
+        fallback: candidates that got the fallback score (not scored, NaN, or the model raised).
         errors: calls in which the model raised and the guard took over.
     """
 
@@ -39,6 +40,7 @@ class CostModelStats:
     updated: int = 0
     update_s: float = 0.0
     fine_tune_steps: int = 0
+    target_mismatch: int = 0
     fallback: int = 0
     errors: int = 0
 
@@ -58,24 +60,32 @@ class CostModelStats:
 
 @derived_object
 class TimedCostModel(ms.cost_model.PyCostModel):
-    """Delegates to another cost model (``"xgb"``, ``"random"``, an instance...) and counts its time.
+    """Delegates to another cost model (``"xgb"``, ``"random"``, a ``GNNCostModel``...) and counts its work.
 
-    It also keeps the search alive: if the wrapped model raises in ``predict`` every candidate gets
-    score 0 (and in ``update`` the batch is dropped); one warning, then only ``stats.errors`` grows.
-    This makes e.g. TVM's untrained ``MLPModel`` usable on a single task (its first ``update``
-    raises with fewer than 5 workloads).
+    It also keeps the search alive: a candidate whose score is not finite (the GNN could not
+    featurize it, a NaN) gets ``fallback``; if the model raises in ``predict`` every candidate does,
+    and in ``update`` the batch is dropped. The first such event logs one warning, then only
+    ``stats.fallback`` / ``stats.errors`` grow. This makes e.g. TVM's untrained ``MLPModel`` usable
+    on a single task (its first ``update`` raises with fewer than 5 workloads).
 
     Args:
         inner: the cost model, or a kind for ``ms.cost_model.CostModel.create``.
+        fallback: score of a candidate the model could not score.
         **create_kwargs: passed to ``CostModel.create`` when ``inner`` is a kind.
+
+    Attributes:
+        stats: the counters; the inner model's own ``stats`` object when it has one (the GNN counts
+            its fine-tuning there), so there is one set of counters.
     """
 
-    def __init__(self, *, inner: Any, **create_kwargs: Any) -> None:
+    def __init__(self, *, inner: Any, fallback: float = 0.0, **create_kwargs: Any) -> None:
         super().__init__()
         if isinstance(inner, str):
             inner = ms.cost_model.CostModel.create(inner, **create_kwargs)
         self.inner = inner
-        self.stats = CostModelStats()
+        self.fallback = float(fallback)
+        stats = getattr(inner, "stats", None)
+        self.stats = stats if isinstance(stats, CostModelStats) else CostModelStats()
         self._warned = False
 
     def load(self, path: str) -> None:
@@ -89,7 +99,7 @@ class TimedCostModel(ms.cost_model.PyCostModel):
         try:
             self.inner.update(context, candidates, results)
         except Exception as e:  # noqa: BLE001  never break the search
-            self._guard("update", e)
+            self._guard("update", 0, e)
         finally:
             self.stats.update_calls += 1
             self.stats.updated += len(candidates)
@@ -97,22 +107,31 @@ class TimedCostModel(ms.cost_model.PyCostModel):
 
     def predict(self, context: Any, candidates: list[Any]) -> np.ndarray:
         t0 = time.perf_counter()
+        n = len(candidates)
         try:
             out = np.asarray(self.inner.predict(context, candidates), dtype="float64")
-            if out.shape != (len(candidates),):
-                raise ValueError(f"predict returned shape {out.shape} for {len(candidates)} candidates")
-        except Exception as e:  # noqa: BLE001
-            self._guard("predict", e)
-            out = np.zeros(len(candidates), dtype="float64")
+            if out.shape != (n,):
+                raise ValueError(f"predict returned shape {out.shape} for {n} candidates")
+            bad = ~np.isfinite(out)
+            if bad.any():
+                out[bad] = self.fallback
+                self._guard("predict", int(bad.sum()), None)
+        except Exception as e:  # noqa: BLE001  never break the search
+            out = np.full(n, self.fallback, dtype="float64")
+            self._guard("predict", n, e)
         finally:
             self.stats.predict_calls += 1
-            self.stats.scored += len(candidates)
+            self.stats.scored += n
             self.stats.predict_s += time.perf_counter() - t0
         return out
 
-    def _guard(self, where: str, e: Exception) -> None:
-        self.stats.errors += 1
+    def _guard(self, where: str, n: int, e: Exception | None) -> None:
+        """Counts ``n`` candidates given the fallback (and an error when ``e``); warns the first time."""
+        self.stats.fallback += n
+        self.stats.errors += int(e is not None)
         if not self._warned:
             self._warned = True
-            log.warning("cost model %s raised in %s (%s: %s); the search goes on (counted in stats.errors)",
-                        type(self.inner).__name__, where, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+            why = f"raised {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}" if e else "gave no finite score"
+            log.warning("cost model %s %s in %s for %d candidate(s); they get score %g and the search goes on "
+                        "(further cases are only counted in stats.fallback/errors)", type(self.inner).__name__,
+                        why, where, n, self.fallback)

@@ -15,7 +15,10 @@ import pytest
 
 from perfmodel.collect.collector import CollectConfig, collect
 from perfmodel.collect.database import RECORD_FILE, Database, DatabaseError
-from perfmodel.collect.measure import RPCMeasurer
+from perfmodel.collect.measure import Guard
+from perfmodel.collect.rpc import RPCMeasurer
+
+QUIET = Guard(enabled=False)  # these tests are about collecting; tests/collect/test_measure.py covers the guard
 
 pytestmark = pytest.mark.slow
 
@@ -52,12 +55,12 @@ def test_rerun_resumes_to_target_without_duplicates(tiny_db: Path, tmp_path: Pat
     before = Database.open(work / "test")
     # Same targets: nothing to do.
     out = collect(CollectConfig(out_dir=str(work), hardware="test", tasks=["GMM-0"], n_random=12, n_evolve=12,
-                                batch=6, progress=False))
+                                batch=6, progress=False, guard=QUIET))
     assert out["GMM-0"]["records"] == 24
     assert len(Database.open(work / "test").records) == len(before.records)
     # Raise the target: it continues from what is there.
     out = collect(CollectConfig(out_dir=str(work), hardware="test", tasks=["GMM-0"], n_random=12, n_evolve=18,
-                                batch=6, progress=False))
+                                batch=6, progress=False, guard=QUIET))
     after = Database.open(work / "test")
     assert out["GMM-0"]["records"] == 30
     assert _keys(after)[: len(before.records)] == _keys(before), "earlier records untouched"
@@ -66,7 +69,7 @@ def test_rerun_resumes_to_target_without_duplicates(tiny_db: Path, tmp_path: Pat
 
 def test_kill_9_mid_collection_then_resume(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "perfmodel.cli", "collect", f"out_dir={tmp_path}", "hardware=k",
-           "tasks=[GMM-0]", "n_random=30", "n_evolve=0", "batch=3", "progress=false"]
+           "tasks=[GMM-0]", "n_random=30", "n_evolve=0", "batch=3", "progress=false", "guard.enabled=false"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     rec_file = tmp_path / "k" / RECORD_FILE
     deadline = time.time() + 240
@@ -99,14 +102,14 @@ def test_corrupt_line_is_named_counted_and_skipped(tiny_db: Path, tmp_path: Path
     lines.insert(3, "{not json")
     lines.insert(7, json.dumps([99, [[[], []], [1e-3]]]))
     rec_file.write_text("\n".join(lines) + "\n")
-    with pytest.warns(UserWarning, match=r"database_tuning_record\.json:4: corrupt tuning record"):
+    with pytest.warns(UserWarning, match=r"skipped 2 corrupt lines of \S*database_tuning_record\.json: 4, 8 "):
         db = Database.open(tmp_path / "t")
     assert len(db.bad_lines) == 2
     assert "out of range" in db.bad_lines[1] and ":8:" in db.bad_lines[1]
     assert len(db.records) == len(lines) - 2
     # A collection on top of it goes on and keeps the good records.
     out = collect(CollectConfig(out_dir=str(tmp_path), hardware="t", tasks=["NRM-0"], n_random=12, n_evolve=14,
-                                batch=2, progress=False))
+                                batch=2, progress=False, guard=QUIET))
     assert out["NRM-0"]["records"] == 26
 
 
@@ -159,7 +162,7 @@ def test_rpc_runner_on_loopback(tmp_path: Path) -> None:
             RPCMeasurer(target=None, host="127.0.0.1", port=port, key="nokey")
         out = collect(CollectConfig(out_dir=str(tmp_path), hardware="rpc", tasks=["GMM-0"], n_random=4, n_evolve=0,
                                     batch=2, runner="rpc", rpc={"host": "127.0.0.1", "port": port, "key": "loop"},
-                                    progress=False))
+                                    progress=False, guard=QUIET))
         assert out["GMM-0"] == {"records": 4, "valid": 4, "failed": 0}
         db = Database.open(tmp_path / "rpc")
         assert all(len(r.run_secs) == 3 and 0 < min(r.run_secs) < 1 for r in db.records)

@@ -14,7 +14,6 @@ import torch
 
 from perfmodel.collect.database import RECORD_FILE, WORKLOAD_FILE, Database
 from perfmodel.data import FeatureNorm, ScheduleDataset, make_split
-from perfmodel.data.dataset import _task_of_mod
 from perfmodel.featurize import EDGE_FEATURES, NODE_FEATURES
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,6 +42,7 @@ def dataset(shipped, tmp_path_factory) -> ScheduleDataset:
     return ScheduleDataset(tmp_path_factory.mktemp("cache"), shipped, max_records=PER_TASK, progress=False)
 
 
+@pytest.mark.slow  # opens the 29 MB shipped database
 def test_builds_from_shipped_records(dataset, shipped):
     from perfmodel import workloads
 
@@ -62,7 +62,7 @@ def test_builds_from_shipped_records(dataset, shipped):
     path, line = dataset.sources[int(d.record)]
     raw = next(r for r in Database.open(path).records if r.line == line)
     assert float(d.y) == pytest.approx(math.log(statistics.median(raw.run_secs)), rel=1e-6)
-    assert dataset.task_names[int(d.task)] == _task_of_mod(Database.open(path).workload(raw.workload).mod)
+    assert dataset.task_names[int(d.task)] == workloads.task_of_mod(Database.open(path).workload(raw.workload).mod)
     assert float(d.flops) == pytest.approx(reg[dataset.task_names[int(d.task)]].flops, rel=1e-5)
     assert dataset.families[int(d.family)] == reg[dataset.task_names[int(d.task)]].family
     assert [int(dataset[i].record) for i in range(len(dataset))] == list(range(len(dataset)))
@@ -73,6 +73,7 @@ def test_builds_from_shipped_records(dataset, shipped):
     assert np.array_equal(dataset.task_ids, [int(dataset[i].task) for i in range(len(dataset))])
 
 
+@pytest.mark.slow  # opens the 29 MB shipped database
 def test_second_build_hits_the_cache(dataset, shipped):
     again = ScheduleDataset(dataset.root, shipped, max_records=PER_TASK, progress=False)
     assert not again.processed_now
@@ -83,6 +84,7 @@ def test_second_build_hits_the_cache(dataset, shipped):
     assert other.processed_now and other.key != dataset.key
 
 
+@pytest.mark.slow  # opens the 29 MB shipped database
 def test_splits_are_reproducible_disjoint_and_grouped(dataset):
     n = len(dataset)
     for kind in ("random", "task", "family"):
@@ -106,6 +108,7 @@ def test_splits_are_reproducible_disjoint_and_grouped(dataset):
         make_split(dataset, "family", holdout_family="no-such-family")
 
 
+@pytest.mark.slow  # opens the 29 MB shipped database
 def test_feature_norm_fits_train_and_round_trips(dataset, tmp_path):
     s = make_split(dataset, "random", seed=0)
     train = [dataset[int(i)] for i in s["train"]]
@@ -125,6 +128,7 @@ def test_feature_norm_fits_train_and_round_trips(dataset, tmp_path):
         FeatureNorm.from_state(bad)
 
 
+@pytest.mark.slow  # opens the 29 MB shipped database
 def test_bad_records_are_skipped_and_counted(shipped, tmp_path):
     db = Database.open(shipped)
     good = [r for r in db.records if r.ok][:4]
@@ -176,6 +180,7 @@ def test_builds_from_plain_tune_tir_database(tmp_path, target):
     assert not again.processed_now and again.task_names == ds.task_names
 
 
+@pytest.mark.slow  # opens the 29 MB shipped database
 def test_grown_database_is_processed_incrementally(shipped, tmp_path):
     lines = (shipped / RECORD_FILE).read_bytes().splitlines(keepends=True)
     if len(lines) < 30:

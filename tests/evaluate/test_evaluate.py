@@ -10,8 +10,8 @@ import pytest
 
 from perfmodel.cli import main
 from perfmodel.collect.database import Database, DatabaseError, RawRecord
-from perfmodel.evaluate.metrics import METRICS
 from perfmodel.evaluate.records import load_tasks
+from perfmodel.metrics import METRICS
 from conftest import matmul_mod
 
 
@@ -99,7 +99,7 @@ def test_evaluate_cli_on_a_tune_tir_database(tuned_db: Path, tiny_db: Path, tmp_
     j = json.loads(out.read_text())
     (task,) = j["tasks"].values()
     assert task["n"] >= 2
-    assert j["models"]["xgb"]["n_records"] == task["n"] and j["models"]["xgb"]["pairwise_acc"] is not None
+    assert j["models"]["xgb"]["n_records"] == task["n"] and 0 <= j["models"]["xgb"]["pairwise_acc"] <= 1
     assert j["models"]["mlp"]["error"]  # only 2 training tasks
     assert set(METRICS) <= set(j["models"]["random"])
 
@@ -126,7 +126,7 @@ def _tiny_predictor(tiny_db: Path, path: Path) -> Path:
 @pytest.mark.slow
 def test_check_gmm0_with_a_tiny_checkpoint(tiny_db: Path, tmp_path: Path, capsys) -> None:
     ckpt = _tiny_predictor(tiny_db, tmp_path / "tiny.ckpt")
-    rc = main(["check", "GMM-0", "--n", "8", "--checkpoint", str(ckpt), "--repeat", "1"])
+    rc = main(["check", "GMM-0", "--n", "8", "--checkpoint", str(ckpt), "--rounds", "3"])
     assert rc == 0
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert last["task"] == "GMM-0" and last["n_sampled"] == 8 and last["n_measured"] >= 2

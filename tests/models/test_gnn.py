@@ -86,7 +86,14 @@ def test_overfits_synthetic_graphs(name: str) -> None:
         loss.backward()
         opt.step()
     assert float(loss.detach()) < first / 10, (first, float(loss.detach()))
-    assert count_parameters(model) > 0
+
+
+def test_count_parameters_counts_the_trainable_ones() -> None:
+    model = build_model({"name": "gcn", "in_dim": 5, "hidden": 8})
+    n = count_parameters(model)
+    first = next(model.parameters())
+    first.requires_grad_(False)  # a frozen weight is not counted
+    assert count_parameters(model) == n - first.numel()
 
 
 def test_models_training_and_predictor_import_without_tvm() -> None:

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
-from perfmodel.predictor import Predictor
+from perfmodel.config import compose
+from perfmodel.predictor import CKPT_KEY, Predictor
 from perfmodel.training import train
 
 torch.set_num_threads(1)  # tiny graphs on a shared 2-core machine: more threads only contend
@@ -21,10 +21,9 @@ REPO = Path(__file__).resolve().parents[2]
 def _cfg(tmp_path: Path, *overrides: str):
     if not any(o.startswith("ensemble=") for o in overrides):
         overrides = ("ensemble=1", *overrides)  # one model unless a test asks for an ensemble
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose(config_name="train", overrides=[
-            f"paths.root_dir={REPO}", f"paths.output_dir={tmp_path}", f"paths.log_dir={tmp_path}",
-            f"paths.cache_dir={tmp_path}/cache", "trainer.enable_progress_bar=false", "threads=1", *overrides])
+    return compose("train", [
+        f"paths.root_dir={REPO}", f"paths.output_dir={tmp_path}", f"paths.log_dir={tmp_path}",
+        f"paths.cache_dir={tmp_path}/cache", "trainer.enable_progress_bar=false", "threads=1", *overrides])
 
 
 def test_train_on_synthetic_graphs(tmp_path: Path) -> None:
@@ -59,7 +58,8 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
     b = Predictor.from_checkpoint(pred.save(tmp_path / "copy.pt")).predict_data(datas)
     assert a.shape == (20,) and np.allclose(a, b)
     ck = torch.load(out["ckpt"], weights_only=True)
-    assert ck["perfmodel"]["model"]["name"] == "gat" and len(ck["perfmodel"]["fingerprint"]) == 64
+    assert ck[CKPT_KEY]["model"]["name"] == "gat" and len(ck[CKPT_KEY]["fingerprint"]) == 64
+    assert pred.target is None  # synthetic graphs were measured on no target
 
 
 @pytest.mark.slow
@@ -70,7 +70,10 @@ def test_smoke_preset_on_tiny_db(tiny_db: Path, tmp_path: Path) -> None:
     assert Path(out["ckpt"]).is_file() and out["n_train"] > 20
     assert 0.0 <= out["test/pairwise_acc"] <= 1.0
     assert out["xgb/pairwise_acc"] is not None  # TVM's XGBModel trained on the same split
-    Predictor.from_checkpoint(out["ckpt"])  # real schema + FeatureNorm state load back
+    pred = Predictor.from_checkpoint(out["ckpt"])  # real schema + FeatureNorm state load back
+    assert pred.target is not None and pred.target["kind"] == "llvm" and pred.target["threads"] == 1
+    assert pred.target_mismatch(pred.target) is None and "targets" not in pred.meta  # one target measured
+    assert pred.heldout_tasks() is None  # a within-task split holds no task out
 
 
 @pytest.mark.slow
@@ -113,3 +116,21 @@ def test_ensemble_trains_members_and_ships_their_mean(tmp_path: Path) -> None:
     assert not np.allclose(preds[0], preds[1])  # different seeds, different members
     assert np.allclose(ens.predict_data(datas), (preds[0] + preds[1]) / 2, atol=1e-5)
     assert 0.0 <= out["test/pairwise_acc"] <= 1.0
+
+
+def test_checkpoint_records_the_split_evaluate_reads(tmp_path: Path) -> None:
+    from hydra.utils import instantiate
+
+    from perfmodel.evaluate.cli import heldout_from
+    from perfmodel.training.train import build_module
+
+    cfg = _cfg(tmp_path, "data=synthetic", "baseline=null", "model.hidden=16")
+    dm = instantiate(cfg.data)
+    dm.setup("fit")
+    module = build_module(cfg, dm)
+    pred = Predictor.from_checkpoint(Predictor(model=module.model, meta=module.meta).save(tmp_path / "m.ckpt"))
+    test = {dm.task_names[int(t)] for t in np.unique(dm.task_ids[dm.splits["test"]])}
+    train_tasks = {dm.task_names[int(t)] for t in np.unique(dm.task_ids[dm.splits["train"]])}
+    assert test and not test & train_tasks
+    assert pred.split["test_tasks"] == sorted(test) and pred.heldout_tasks() == test
+    assert heldout_from(pred, [], None)() == test  # what `perfmodel evaluate` scores on the training data

@@ -19,3 +19,43 @@ def test_best_at_and_trials_to_reach() -> None:
 def test_plot_curves(tmp_path: Path) -> None:
     path = plot_curves({"gnn": [math.inf, 2e-3, 1e-3], "xgb": [3e-3, 3e-3, 2e-3]}, tmp_path / "p" / "c.png", title="t")
     assert path.is_file() and path.stat().st_size > 1000
+
+
+def test_plot_curves_against_trials_and_seconds(tmp_path: Path) -> None:
+    curves = {"gnn s1": [math.inf, 2e-3, 1e-3], "xgb s1": [None, None, None], "one": [math.inf, math.inf, 4e-3]}
+    seconds = {"gnn s1": [5.0, 9.0, 12.0], "xgb s1": [4.0, 8.0, 16.0], "one": [1.0, 2.0, 3.0]}
+    path = plot_curves(curves, tmp_path / "two.png", title="t", seconds=seconds)
+    assert path.is_file() and path.stat().st_size > 1000
+
+
+def test_record_clock_matches_records_to_the_runner_times(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from conftest import matmul_mod
+    from tvm.s_tir import Schedule
+
+    from perfmodel.tvm.search import RecordClock, ms
+
+    mod = matmul_mod(8)
+    cand = ms.MeasureCandidate(Schedule(mod), ms.arg_info.ArgInfo.from_prim_func(mod["main"]))
+    sched = ms.task_scheduler.RoundRobin()
+
+    runner = SimpleNamespace(finished=[])
+    clock = RecordClock(runner)
+    art = []
+    for i in range(2):
+        (tmp_path / f"a{i}").mkdir()
+        (tmp_path / f"a{i}" / "lib.so").write_text("x")
+        art.append(str(tmp_path / f"a{i}" / "lib.so"))
+    ok = [ms.builder.BuilderResult(a, None) for a in art]
+    bad = ms.builder.BuilderResult(None, "build failed")
+    rr = ms.runner.RunnerResult([1e-3], None)
+    runner.finished += [10.0, 10.0]  # the runner timed the two built candidates of the first batch
+    clock.apply(sched, 0, [cand] * 3, [ok[0], bad, ok[1]], [rr] * 3)
+    assert clock.times == [10.0, 10.0, 10.0]  # the failed build gets its batch's time
+    assert not (tmp_path / "a0").exists() and not (tmp_path / "a1").exists()  # artifacts removed (or already gone)
+    clock.apply(sched, 0, [cand], [bad], [rr])  # nothing built, nothing timed: the join time
+    assert len(clock.times) == 4 and clock.times[-1] > 10.0
+    runner.finished += [20.0]
+    clock.apply(sched, 1, [cand], [ms.builder.BuilderResult(art[0], None)], [rr])  # its directory is gone: fine
+    assert clock.times[-1] == 20.0

@@ -23,6 +23,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from perfmodel.collect.measure import label_secs
 
 if TYPE_CHECKING:
     from perfmodel.evaluate.records import TaskRecords
@@ -226,8 +227,7 @@ def _quiet_steplr() -> Iterator[None]:
         torch.optim.lr_scheduler.StepLR = original
 
 
-# ---- the hook of training (perfmodel.training.train.run_baseline): baselines on a ScheduleDataset split ----
-XGB_PREDICTS_LOG_TIME = False  # `xgb_fit_predict` returns a ranking score (lower = faster), not log seconds
+# ---- the hook of training (perfmodel.training.baseline): baselines on a ScheduleDataset split ----
 
 
 def dataset_tasks(dataset: Any, idx: Any) -> tuple[list[TaskRecords], list[np.ndarray]]:
@@ -261,32 +261,7 @@ def dataset_tasks(dataset: Any, idx: Any) -> tuple[list[TaskRecords], list[np.nd
         rs = recs[(task, path, wl)]
         tasks.append(TaskRecords(
             name=str(dataset.task_names[task]), key=str(db.workloads[wl][0]), db=db, workload=wl, records=rs,
-            times=np.array([float(np.median(r.run_secs)) for r in rs], dtype=np.float64)))
+            times=np.array([label_secs(r.run_secs) for r in rs], dtype=np.float64)))
         positions.append(np.asarray(pos, dtype=np.int64))
     return tasks, positions
 
-
-def fit_predict(name: str, dataset: Any, train_idx: Any, test_idx: Any, *, seed: int = 0,
-                quick: bool = False) -> np.ndarray:
-    """Train baseline ``name`` on ``dataset[train_idx]`` and score ``dataset[test_idx]``.
-
-    Returns:
-        One value per test index, shape [len(test_idx)], lower = faster (log seconds for an
-        ``absolute`` baseline); ``+inf`` for a record whose trace no longer replays.
-    """
-    model = make(name, seed=seed, quick=quick)
-    train, _ = dataset_tasks(dataset, train_idx)
-    test, positions = dataset_tasks(dataset, test_idx)
-    model.fit(train)
-    out = np.full(len(np.asarray(test_idx).reshape(-1)), np.inf)
-    for t, pos in zip(test, positions):
-        lines = [r.line for r in t.records]
-        t.candidates()  # may drop unreplayable records
-        pred = dict(zip((r.line for r in t.records), model.predict(t)))
-        out[pos] = [pred.get(line, np.inf) for line in lines]
-    return out
-
-
-def xgb_fit_predict(dataset: Any, train_idx: Any, test_idx: Any, *, seed: int = 0) -> np.ndarray:
-    """TVM's ``XGBModel`` trained on ``dataset[train_idx]``, scoring ``dataset[test_idx]`` (lower = faster)."""
-    return fit_predict("xgb", dataset, train_idx, test_idx, seed=seed)

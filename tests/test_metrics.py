@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from perfmodel.evaluate import metrics as M
+from perfmodel import metrics as M
 
 
 def test_perfect_and_reversed_ranking() -> None:
@@ -50,12 +50,28 @@ def test_rank_metrics_match_scipy_with_many_ties() -> None:
     assert M.spearman(p, t) == pytest.approx(stats.spearmanr(p, t).statistic)
 
 
-def test_pair_chunks_give_the_same_answer(monkeypatch: pytest.MonkeyPatch) -> None:
-    rng = np.random.default_rng(1)
-    p, t = rng.normal(size=101), rng.normal(size=101)
-    full = (M.pairwise_acc(p, t), M.kendall_tau(p, t))
-    monkeypatch.setattr(M, "_PAIR_CHUNK", 7)
-    assert (M.pairwise_acc(p, t), M.kendall_tau(p, t)) == pytest.approx(full)
+def _pairs_by_hand(pred: np.ndarray, true: np.ndarray) -> float:
+    """pairwise_acc by its definition, over every pair (O(N^2))."""
+    right = judged = 0.0
+    for i in range(len(true)):
+        for j in range(i + 1, len(true)):
+            if true[i] == true[j]:
+                continue
+            judged += 1
+            s = np.sign(pred[i] - pred[j]) * np.sign(true[i] - true[j])
+            right += 1.0 if s > 0 else 0.5 if s == 0 else 0.0
+    return right / judged if judged else math.nan
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_pairwise_acc_matches_counting_every_pair(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    p = rng.integers(0, 5, 120).astype(float)  # many ties on both sides
+    t = p + rng.integers(-2, 3, 120)
+    assert M.pairwise_acc(p, t) == pytest.approx(_pairs_by_hand(p, t))
+    p, t = rng.normal(size=60), rng.normal(size=60)
+    assert M.pairwise_acc(p, t) == pytest.approx(_pairs_by_hand(p, t))
+    assert M.pairwise_acc(np.zeros(10), t[:10]) == 0.5  # a constant model is a coin toss
 
 
 def test_peak_with_tied_predictions_is_the_expectation() -> None:
@@ -69,6 +85,20 @@ def test_peak_with_tied_predictions_is_the_expectation() -> None:
     assert M.peak_k([5.0, 1.0], [1.0, 2.0], 5) == 1.0  # k above N uses every record
     with pytest.raises(ValueError, match="k must be"):
         M.peak_k([1.0], [1.0], 0)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_peak_matches_every_tie_breaking(seed: int) -> None:
+    import itertools
+
+    rng = np.random.default_rng(seed)
+    p = rng.integers(0, 3, 6).astype(float)  # ties across the cut
+    t = rng.uniform(1.0, 5.0, 6)
+    for k in (1, 2, 3, 5):
+        # the expectation over every order of the records that sorts the predictions
+        vals = [t.min() / t[sorted(range(6), key=lambda i: (p[i], perm[i]))[:k]].min()
+                for perm in itertools.permutations(range(6))]
+        assert M.peak_k(p, t, k) == pytest.approx(np.mean(vals)), k
 
 
 def test_absolute_errors() -> None:

@@ -1,4 +1,4 @@
-"""Accuracy and ranking metrics of a cost model, per task and averaged over tasks (numpy only, no TVM).
+"""Accuracy and ranking metrics of a cost model, per task and averaged over tasks (no TVM, no Lightning).
 
 Conventions, shared by training, ``perfmodel evaluate`` and the benchmarks:
 
@@ -7,9 +7,13 @@ Conventions, shared by training, ``perfmodel evaluate`` and the benchmarks:
 - ``mape`` is a fraction (0.2 = 20%), computed on times in seconds.
 - Ranking metrics are computed inside one task (times of different tasks are not comparable)
   and averaged over tasks with at least two records, each task counting once (TenSet's
-  convention), or with the weights given.
+  convention), or with the weights given. Ties get average ranks (Spearman) and the tau-b
+  correction (Kendall).
 - A metric that is undefined for its input (no pair of distinct times, constant predictions,
   a single record) is ``nan``, never a made-up number; averages skip ``nan``.
+
+The correlations, R² and MAPE are scipy's and scikit-learn's; this module adds only those
+conventions, plus the two metrics no library has (``pairwise_acc``, ``peak_k``).
 """
 
 from __future__ import annotations
@@ -19,21 +23,30 @@ from math import comb
 from typing import Any
 
 import numpy as np
+from scipy import stats
+from sklearn.metrics import mean_absolute_percentage_error, r2_score
 
 ABSOLUTE = ("mape", "rmse_log", "r2")
 RANKING = ("kendall_tau", "spearman", "pairwise_acc", "peak1", "peak5")
 METRICS = ABSOLUTE + RANKING
 
-_PAIR_CHUNK = 2048  # rows of the pair matrix held at once by pairwise_acc
+NAN = float("nan")
 
 
 def _arr(x: Any) -> np.ndarray:
     return np.asarray(x, dtype=np.float64).reshape(-1)
 
 
-def _check(a: np.ndarray, b: np.ndarray) -> None:
-    if a.shape != b.shape:
-        raise ValueError(f"prediction has {a.size} values but truth has {b.size}")
+def _pair(pred: Any, true: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Both sides as flat float64 arrays of the same length."""
+    p, t = _arr(pred), _arr(true)
+    if p.shape != t.shape:
+        raise ValueError(f"prediction has {p.size} values but truth has {t.size}")
+    return p, t
+
+
+def _constant(x: np.ndarray) -> bool:
+    return x.size < 2 or bool(np.all(x == x[0]))
 
 
 def mape(pred_s: Any, true_s: Any) -> float:
@@ -43,87 +56,44 @@ def mape(pred_s: Any, true_s: Any) -> float:
         pred_s: predicted times in seconds, shape [N].
         true_s: measured times in seconds (> 0), shape [N].
     """
-    p, t = _arr(pred_s), _arr(true_s)
-    _check(p, t)
+    p, t = _pair(pred_s, true_s)
     if t.size == 0:
-        return float("nan")
+        return NAN
     if np.any(t <= 0):
         raise ValueError(f"mape: measured times must be > 0 (got {t.min()})")
-    return float(np.mean(np.abs(p - t) / t))
+    return float(mean_absolute_percentage_error(t, p))
 
 
 def rmse_log(pred_log: Any, true_log: Any) -> float:
     """Root mean squared error of log times (natural log), shape [N] each."""
-    p, t = _arr(pred_log), _arr(true_log)
-    _check(p, t)
-    if t.size == 0:
-        return float("nan")
-    return float(np.sqrt(np.mean((p - t) ** 2)))
+    p, t = _pair(pred_log, true_log)
+    return float(np.sqrt(np.mean((p - t) ** 2))) if t.size else NAN
 
 
 def r2(pred_log: Any, true_log: Any) -> float:
     """Coefficient of determination of log times; ``nan`` when the truth is constant."""
-    p, t = _arr(pred_log), _arr(true_log)
-    _check(p, t)
-    ss_tot = float(np.sum((t - t.mean()) ** 2)) if t.size else 0.0
-    if ss_tot == 0.0:
-        return float("nan")
-    return float(1.0 - np.sum((p - t) ** 2) / ss_tot)
-
-
-def _rank(x: np.ndarray) -> np.ndarray:
-    """Ranks 1..N with ties given their average rank."""
-    order = np.argsort(x, kind="mergesort")
-    xs = x[order]
-    # first index of each run of equal values, and the run lengths
-    starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])
-    ends = np.r_[starts[1:], xs.size]
-    avg = (starts + ends - 1) / 2.0 + 1.0
-    ranks = np.empty(x.size)
-    ranks[order] = np.repeat(avg, ends - starts)
-    return ranks
+    p, t = _pair(pred_log, true_log)
+    return NAN if _constant(t) else float(r2_score(t, p))
 
 
 def spearman(pred: Any, true: Any) -> float:
     """Spearman rank correlation (ties get average ranks); ``nan`` if either side is constant."""
-    p, t = _arr(pred), _arr(true)
-    _check(p, t)
-    if p.size < 2:
-        return float("nan")
-    rp, rt = _rank(p), _rank(t)
-    rp -= rp.mean()
-    rt -= rt.mean()
-    den = np.sqrt(np.sum(rp**2) * np.sum(rt**2))
-    return float(np.sum(rp * rt) / den) if den > 0 else float("nan")
-
-
-def _pair_counts(p: np.ndarray, t: np.ndarray) -> tuple[float, float, float, float]:
-    """Over pairs i < j: (concordant, discordant, tied in pred only, tied in true only)."""
-    conc = disc = tie_p = tie_t = 0.0
-    n = p.size
-    for lo in range(0, n, _PAIR_CHUNK):
-        hi = min(n, lo + _PAIR_CHUNK)
-        dp = np.sign(p[lo:hi, None] - p[None, :])
-        dt = np.sign(t[lo:hi, None] - t[None, :])
-        upper = np.arange(lo, hi)[:, None] < np.arange(n)[None, :]  # each pair once
-        prod = (dp * dt)[upper]
-        conc += float(np.sum(prod > 0))
-        disc += float(np.sum(prod < 0))
-        zp, zt = (dp == 0)[upper], (dt == 0)[upper]
-        tie_p += float(np.sum(zp & ~zt))
-        tie_t += float(np.sum(zt & ~zp))
-    return conc, disc, tie_p, tie_t
+    p, t = _pair(pred, true)
+    return NAN if _constant(p) or _constant(t) else float(stats.spearmanr(p, t).statistic)
 
 
 def kendall_tau(pred: Any, true: Any) -> float:
     """Kendall's tau-b (ties corrected); ``nan`` if either side is constant or N < 2."""
-    p, t = _arr(pred), _arr(true)
-    _check(p, t)
-    if p.size < 2:
-        return float("nan")
-    conc, disc, tie_p, tie_t = _pair_counts(p, t)
-    den = np.sqrt((conc + disc + tie_p) * (conc + disc + tie_t))
-    return float((conc - disc) / den) if den > 0 else float("nan")
+    p, t = _pair(pred, true)
+    if _constant(p) or _constant(t):
+        return NAN
+    return float(stats.kendalltau(p, t, variant="b").statistic)
+
+
+def _tied_pairs(x: np.ndarray) -> int:
+    """Pairs i < j with ``x[i] == x[j]``."""
+    _, counts = np.unique(x, return_counts=True)
+    return int(np.sum(counts * (counts - 1) // 2))
 
 
 def pairwise_acc(pred: Any, true: Any) -> float:
@@ -131,14 +101,21 @@ def pairwise_acc(pred: Any, true: Any) -> float:
 
     Pairs with equal measured time are left out; a pair the model ties counts 0.5.
     ``nan`` when no pair has two different measured times.
+
+    With C concordant and D discordant pairs, the pairs judged are C + D + (tied by the model
+    only), so the value is ``1/2 + (C - D) / (2 * judged)``; ``C - D`` is read off Kendall's
+    tau-b (O(N log N)) instead of counting the N² pairs.
     """
-    p, t = _arr(pred), _arr(true)
-    _check(p, t)
-    if p.size < 2:
-        return float("nan")
-    conc, disc, tie_p, _ = _pair_counts(p, t)
-    total = conc + disc + tie_p
-    return float((conc + 0.5 * tie_p) / total) if total > 0 else float("nan")
+    p, t = _pair(pred, true)
+    n0 = p.size * (p.size - 1) // 2
+    judged = n0 - _tied_pairs(t)  # pairs with two different measured times
+    if judged == 0:
+        return NAN
+    untied_p = n0 - _tied_pairs(p)
+    if untied_p == 0:  # the model ties every pair
+        return 0.5
+    tau_b = stats.kendalltau(p, t, variant="b").statistic  # (C - D) / sqrt(untied_p * judged)
+    return float(0.5 + 0.5 * tau_b * np.sqrt(untied_p / judged))
 
 
 def peak_k(pred_score_time: Any, true_s: Any, k: int) -> float:
@@ -153,12 +130,11 @@ def peak_k(pred_score_time: Any, true_s: Any, k: int) -> float:
         true_s: measured times (> 0), shape [N].
         k: picks (>= 1); a task with fewer than ``k`` records uses all of them.
     """
-    p, t = _arr(pred_score_time), _arr(true_s)
-    _check(p, t)
+    p, t = _pair(pred_score_time, true_s)
     if k < 1:
         raise ValueError(f"peak_k: k must be >= 1 (got {k})")
     if t.size == 0:
-        return float("nan")
+        return NAN
     best = float(t.min())
     k = min(k, t.size)
     cut = np.sort(p)[k - 1]
@@ -201,9 +177,8 @@ def task_metrics(
         ``skipped_tasks`` (tasks left out of ranking metrics) and ``per_task``
         (``{task: {metric: value, "n": records}}``).
     """
-    p, t = _arr(pred_log), _arr(true_log)
+    p, t = _pair(pred_log, true_log)
     ids = np.asarray(task_ids).reshape(-1)
-    _check(p, t)
     if ids.size != t.size:
         raise ValueError(f"task_ids has {ids.size} values but truth has {t.size}")
     per_task: dict[Any, dict[str, float]] = {}
@@ -220,18 +195,17 @@ def task_metrics(
 
 
 def _one_task(p: np.ndarray, t: np.ndarray, absolute: bool) -> dict[str, float]:
-    nan = float("nan")
     ts = np.exp(t)
     res: dict[str, float] = {"n": int(t.size)}
     if absolute:
         res.update(mape=mape(np.exp(p), ts), rmse_log=rmse_log(p, t), r2=r2(p, t))
     else:
-        res.update(mape=nan, rmse_log=nan, r2=nan)
+        res.update(mape=NAN, rmse_log=NAN, r2=NAN)
     if t.size >= 2:
         res.update(kendall_tau=kendall_tau(p, t), spearman=spearman(p, t), pairwise_acc=pairwise_acc(p, t),
                    peak1=peak_k(p, ts, 1), peak5=peak_k(p, ts, 5))
     else:
-        res.update({name: nan for name in RANKING})
+        res.update({name: NAN for name in RANKING})
     return res
 
 
@@ -245,7 +219,7 @@ def _average(per_task: Mapping[Any, Mapping[str, float]], name: str, weights: Ma
         vals.append(v)
         ws.append(1.0 if weights is None else float(weights.get(task, 1.0)))
     if not vals or sum(ws) <= 0:
-        return float("nan")
+        return NAN
     return float(np.average(vals, weights=ws))
 
 

@@ -1,0 +1,136 @@
+"""A tuned network, measured: compile it with a tuning database, time it end to end beside its untuned build and PyTorch eager."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from perfmodel._tvm import load_ms
+
+ms = load_ms()
+
+
+def compile_network(mod: Any, target: Any, work_dir: str | Path | None = None) -> tuple[Any, int]:
+    """Builds a fused Relax module for the VM, with the best schedule of each task from a tuning database.
+
+    Each PrimFunc whose workload the database of ``work_dir`` holds with a valid record gets that
+    record's schedule (Relax's ``MetaScheduleApplyDatabase`` inside the database and target
+    context); the others, and every one when ``work_dir`` is ``None``, are built as Relax's default
+    pipeline leaves them (unscheduled loop nests, which LLVM compiles for a CPU).
+
+    Args:
+        mod: the fused Relax module (:func:`perfmodel.workloads.network_relax_mod`).
+        target: the ``tvm.target.Target`` the database was tuned for.
+        work_dir: a MetaSchedule JSON database directory, or ``None`` for the untuned build.
+
+    Returns:
+        ``(executable, scheduled)``: the ``relax.build`` result and how many PrimFuncs got a tuned schedule.
+    """
+    import tvm
+    from tvm import relax
+
+    scheduled = 0
+    if work_dir is not None:
+        db = ms.database.JSONDatabase(work_dir=str(work_dir))
+        with target, db:
+            mod = relax.transform.MetaScheduleApplyDatabase()(mod)
+        scheduled = sum(1 for f in mod.functions.values()
+                        if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None and "tirx.is_scheduled" in f.attrs)
+    return relax.build(mod, target), scheduled
+
+
+def time_vm(executable: Any, x: Any, *, repeat: int, min_repeat_ms: int) -> tuple[list[float], Any]:
+    """Seconds of ``repeat`` timings of the VM's ``main`` on ``x`` (one warm-up run first), and its output.
+
+    Each timing runs ``main`` often enough to last ``min_repeat_ms`` (TVM's ``time_evaluator``).
+    """
+    import tvm
+    from tvm import relax
+
+    dev = tvm.cpu()
+    vm = relax.VirtualMachine(executable, dev)
+    inp = tvm.runtime.tensor(x.numpy(), dev)
+    out = vm["main"](inp)
+    res = vm.time_evaluator("main", dev, number=1, repeat=repeat, min_repeat_ms=min_repeat_ms)(inp)
+    return [float(s) for s in res.results], _first(out).numpy()
+
+
+def time_torch(model: Any, x: Any, *, repeat: int, min_repeat_ms: int) -> tuple[list[float], Any]:
+    """Seconds of ``repeat`` timings of PyTorch eager ``model(x)`` on one thread (one warm-up run first), and its output."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            out = model(x)
+            times = []
+            for _ in range(repeat):
+                n, t0 = 0, time.perf_counter()
+                while n == 0 or time.perf_counter() - t0 < min_repeat_ms / 1e3:
+                    model(x)
+                    n += 1
+                times.append((time.perf_counter() - t0) / n)
+    finally:
+        torch.set_num_threads(threads)
+    return times, out.numpy()
+
+
+def measure_network(net: str, batch: int, *, target: Any, work_dir: str | Path, threads: int = 1,
+                    repeat: int = 5, min_repeat_ms: int = 200, untuned_repeat: int = 3) -> dict[str, Any]:
+    """Compiles network ``net`` at ``batch`` with and without the database of ``work_dir`` and times both and PyTorch eager.
+
+    All three run on one thread (``TVM_NUM_THREADS`` = ``threads`` for the VM, ``torch.set_num_threads(1)``)
+    on the same input; a latency is the median of the repeats. Other processes' CPU use during the
+    timings (cores, from ``/proc``) is kept as ``foreign_cores``: nothing waits for a quiet machine here.
+
+    Returns:
+        ``network_latency_ms`` (tuned), ``untuned_latency_ms``, ``torch_eager_ms``, ``scheduled_funcs``
+        / ``prim_funcs`` (how many PrimFuncs the database scheduled), ``max_rel_err`` (of each TVM build's
+        output against PyTorch's), ``timings_ms`` (every repeat), ``compile_s``, ``tvm_threads``, ``foreign_cores``.
+    """
+    import numpy as np
+    import tvm
+
+    from perfmodel.collect.measure import CpuMeter
+    from perfmodel.workloads import network_relax_mod
+
+    os.environ["TVM_NUM_THREADS"] = str(int(threads))  # read when the runtime's thread pool starts
+    mod, model, x = network_relax_mod(net, batch)
+    prim_funcs = sum(1 for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc))
+    t0 = time.perf_counter()
+    tuned, scheduled = compile_network(mod, target, work_dir)
+    untuned, _ = compile_network(mod, target, None)
+    compile_s = time.perf_counter() - t0
+    meter = CpuMeter(lambda: [])
+    start = meter.sample()
+    t_tuned, y_tuned = time_vm(tuned, x, repeat=repeat, min_repeat_ms=min_repeat_ms)
+    t_untuned, y_untuned = time_vm(untuned, x, repeat=untuned_repeat, min_repeat_ms=min_repeat_ms)
+    t_torch, y_torch = time_torch(model, x, repeat=repeat, min_repeat_ms=min_repeat_ms)
+    load = meter.since(start)
+
+    def rel_err(y: Any) -> float:
+        return float(np.abs(y - y_torch).max() / max(float(np.abs(y_torch).max()), 1e-12))
+
+    def ms_(ts: list[float]) -> float:
+        return round(statistics.median(ts) * 1e3, 4)
+
+    return {
+        "network_latency_ms": ms_(t_tuned), "untuned_latency_ms": ms_(t_untuned), "torch_eager_ms": ms_(t_torch),
+        "scheduled_funcs": scheduled, "prim_funcs": prim_funcs,
+        "max_rel_err": {"tuned": rel_err(y_tuned), "untuned": rel_err(y_untuned)},
+        "timings_ms": {k: [round(s * 1e3, 4) for s in v]
+                       for k, v in (("tuned", t_tuned), ("untuned", t_untuned), ("torch_eager", t_torch))},
+        "compile_s": round(compile_s, 2), "tvm_threads": int(tvm.get_global_func("runtime.NumThreads")()),
+        "foreign_cores": load["foreign"],
+    }
+
+
+def _first(out: Any) -> Any:
+    """The first tensor of a VM result (a PyTorch-exported ``main`` returns a tuple)."""
+    while not hasattr(out, "numpy"):
+        out = out[0]
+    return out

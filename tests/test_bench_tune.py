@@ -1,0 +1,94 @@
+"""benchmarks/bench_tune.py: GNN-vs-XGB comparison on trials and seconds, the report, and resuming a killed benchmark."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_tune", REPO / "benchmarks" / "bench_tune.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _run(curve: list[float | None], seconds: list[float], share: float = 0.1) -> dict:
+    return {"curve": curve, "seconds": seconds, "trials": len(curve), "tune_s": seconds[-1] if seconds else 0,
+            "cost_model_share": share, "best_s": curve[-1] if curve else None}
+
+
+def test_compare_trials_and_seconds(bench) -> None:
+    xgb = _run([5.0, 4.0, 4.0, 3.0, 3.0, 2.0, 2.0, 2.0], [10, 20, 30, 40, 50, 60, 70, 80])
+    gnn = _run([3.0, 2.0, 1.5, 1.5, 1.5, 1.5, 1.5, 1.0], [15, 30, 45, 60, 75, 90, 105, 120])
+    c = bench.compare(gnn, xgb)
+    assert (c["xgb_trials_to_final"], c["gnn_trials_to_xgb_final"]) == (6, 2) and c["trials_saved"] == 3.0
+    assert (c["xgb_seconds_to_final"], c["gnn_seconds_to_xgb_final"]) == (60, 30) and c["seconds_saved"] == 2.0
+    assert c["final_ratio"] == 0.5
+    # the GNN never reaches XGB's final best: its whole budget counts (an upper bound on the ratio)
+    slow = _run([9.0, 8.0, 8.0, 8.0], [5, 10, 15, 20])
+    c = bench.compare(slow, xgb)
+    assert c["gnn_trials_to_xgb_final"] is None and c["trials_saved"] == 1.5 and c["seconds_saved"] == 3.0
+    assert c["final_ratio"] == 4.0
+    # XGB found nothing valid: nothing to reach; a failed GNN run has no final ratio
+    assert bench.compare(gnn, _run([None, None], [1, 2])) is None
+    assert bench.compare(_run([None, None], [1, 2]), xgb)["final_ratio"] is None
+    assert bench.best_at_seconds([math.inf, 3.0, 2.0], [10, 20, 30], 25) == 3.0
+    assert bench.best_at_seconds([3.0], [10], 5) == math.inf
+
+
+def test_task_report_goes_on_past_a_run_whose_every_candidate_failed(bench) -> None:
+    runs = {("gnn", 1): _run([4.0, 2.0], [30, 70]), ("xgb", 1): _run([None, None], [20, 40]),
+            ("random", 1): {"error": "RuntimeError: boom"}}
+    rep = bench.task_report("T", runs, 2)
+    assert rep["failed"] == ["xgb-s1"] and rep["errors"] == {"random-s1": "RuntimeError: boom"}
+    assert rep["gnn_vs_xgb"] == {} and rep["best_s"]["gnn-s1"] == {"2": 2.0}
+    assert rep["best_s_at_seconds"]["gnn-s1"] == {"30": 4.0, "60": 4.0, "120": 2.0}
+    assert rep["cost_model_share"] == {"gnn": 0.1, "xgb": 0.1}
+
+
+@pytest.mark.slow
+def test_resume_skips_done_runs_and_redoes_unfinished_ones(bench, tmp_path: Path, capsys) -> None:
+    from perfmodel.collect.database import Database
+    from perfmodel.tvm import DEFAULT_CHECKPOINT
+
+    if not DEFAULT_CHECKPOINT.is_file():
+        pytest.skip("perfmodel/pretrained/gnn.ckpt is not trained yet")
+    argv = ["--tasks", "GMM-0", "--models", "gnn,xgb", "--seeds", "1", "--trials", "4", "--per-iter", "4",
+            "--population", "64", "--network", "none", "--no-guard", "--out", str(tmp_path),
+            "--override", "+protocol.rounds=2", "--override", "+protocol.max_rounds=2",
+            "--override", "+protocol.keep=1", "--override", "+protocol.min_repeat_ms=1"]
+    res = bench.main(argv)
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last == json.loads(json.dumps(res))
+    for key in ("trials_saved_vs_xgb", "seconds_saved_vs_xgb", "final_best_ratio_vs_xgb", "network_latency_ms",
+                "cost_model_share", "predict_per_s_gnn", "predict_per_s_xgb", "tasks", "tune_minutes"):
+        assert key in res
+    assert res["compared"] == 1 and res["resumed_runs"] == 0 and res["gnn_fallback"] == 0
+    assert set(res["cost_model_share"]) == {"gnn", "xgb"} and res["predict_per_s_gnn"] > 0
+    rep = res["tasks"]["GMM-0"]
+    assert set(rep["best_s"]) == {"gnn-s1", "xgb-s1"} and Path(rep["plot"]).is_file()
+    gnn_dir, xgb_dir = tmp_path / "GMM-0" / "gnn-s1", tmp_path / "GMM-0" / "xgb-s1"
+    summary = json.loads((gnn_dir / "summary.json").read_text())
+    assert len(summary["seconds"]) == len(summary["curve"]) == 4
+    xgb_records = (xgb_dir / "database_tuning_record.json").read_text()
+
+    # the GNN run "killed" before its summary: its half database stays; the XGB run is done
+    (gnn_dir / "summary.json").unlink()
+    res2 = bench.main(argv)
+    printed = capsys.readouterr().out
+    assert res2["resumed_runs"] == 1 and "xgb-s1: done before" in printed and "unfinished run" in printed
+    assert (xgb_dir / "database_tuning_record.json").read_text() == xgb_records  # not touched
+    assert len(Database.open(gnn_dir).records) == 4  # started clean: 4 new records, not 4 old + 4
+    assert json.loads((gnn_dir / "summary.json").read_text())["trials"] == 4
+    assert res2["tasks"]["GMM-0"]["final_best_s"]["xgb-s1"] == rep["final_best_s"]["xgb-s1"]
