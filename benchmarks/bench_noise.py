@@ -74,6 +74,7 @@ def main() -> int:
     ap.add_argument("--protocol", default="", help="overrides of Protocol fields, e.g. rounds=1,placement=same")
     ap.add_argument("--no-guard", action="store_true", help="time without the guard (to see what it buys)")
     ap.add_argument("--pause", type=float, default=30.0, help="seconds between passes")
+    ap.add_argument("--save", default=None, help="write every pass's times to this .npz")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
 
@@ -112,7 +113,7 @@ def main() -> int:
     if not picked:
         print("no task of --tasks is in the database", file=sys.stderr)
         return 2
-    tasks_in = sorted({n for n, _, _ in picked})
+    tasks_in = list(dict.fromkeys(n for n, _, _ in picked))  # the order of `picked`: every pass lines up with it
     target_of = {}
     for name, rec, _ in picked:
         target_of[name] = tvm.target.Target(native_target() if args.target == "native" else rec.target)
@@ -212,6 +213,12 @@ def main() -> int:
     out.update(records=len(picked), tasks=len(tasks_in), db=str(db.path), target=args.target,
                protocol=asdict(proto), guard=guard.enabled,
                minutes=round((time.perf_counter() - t_start) / 60, 1))
+    if args.db and "pass_pairwise" in out and "stored_pairwise" in out:  # the folder's card shows it
+        from perfmodel.collect.card import NOISE_FILE
+
+        (Path(args.db) / NOISE_FILE).write_text(json.dumps({**out, "date": time.strftime("%Y-%m-%d")}, indent=1) + "\n")
+    if args.save:
+        np.savez(args.save, groups=np.array(groups), stored=stored, **passes, **{f"ref_{k}": v for k, v in refs.items()})
     print(json.dumps(out))
     return 0
 

@@ -55,7 +55,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Not in the pretrained model's training data (conf/collect.yaml tasks_default); small enough to afford.
 TASKS = ["GRP-3", "SFM-3", "TBG-3", "mobilenetv2-b8/fused_conv2d14_subtract9_divide9_multiply9_add17",
          "CAP-1", "NRM-3", "DIL-3", "resnet18-b8/fused_matmul_add13"]
-QUICK_TASKS = TASKS[:3]
+QUICK_TASKS = ["GRP-3", "TBG-3", "resnet18-b8/fused_matmul_add13"]  # their bad candidates are still fast to time
 MODELS = ["gnn", "xgb", "random"]
 TARGET_SAVED = 4.0
 SUMMARY = "summary.json"  # written last by a finished run: its presence alone marks the run done
@@ -88,7 +88,8 @@ def run_dir(out_dir: Path, label: str, model: str, seed: int) -> Path:
 def run_one(wd: Path, overrides: list[str]) -> dict[str, Any]:
     """One ``perfmodel tune`` run into ``wd``, or its stored summary when it finished before.
 
-    A finished run (``wd/summary.json``) is read back with ``resumed: True``. Anything else in ``wd``
+    A finished run (``wd/summary.json``) is read back with ``resumed: True``; one finished with other
+    settings raises (a restart must use the same flags, or another ``--out``). Anything else in ``wd``
     is an unfinished run's: removed, and the run done from scratch. The summary is written
     atomically, after the run. A run that raises returns ``{"error": ...}`` and writes no summary.
     """
@@ -97,7 +98,11 @@ def run_one(wd: Path, overrides: list[str]) -> dict[str, Any]:
 
     summary = wd / SUMMARY
     if summary.is_file():
-        return {**json.loads(summary.read_text()), "resumed": True}
+        done = json.loads(summary.read_text())
+        if done.get("overrides") != overrides:
+            raise SystemExit(f"{wd} was tuned with other settings ({done.get('overrides')}, now {overrides}): "
+                             "restart with the same flags, or use another --out")
+        return {**done, "resumed": True}
     if wd.exists():
         print(f"  {wd}: an unfinished run (no {SUMMARY}): starting it clean", flush=True)
         shutil.rmtree(wd)
@@ -116,6 +121,14 @@ def run_one(wd: Path, overrides: list[str]) -> dict[str, Any]:
 def curve_of(run: dict) -> list[float]:
     """A run's best-so-far latency per trial, ``inf`` where there is none yet."""
     return [math.inf if v is None else float(v) for v in run.get("curve") or []]
+
+
+def all_failed(run: dict) -> bool:
+    """No valid measurement at all in a finished run (for a network: in none of its tasks)."""
+    tasks = run.get("tasks") or {}
+    if len(tasks) > 1:
+        return all(v is None for v in tasks.values())
+    return not any(v is not None for v in run.get("curve") or [])
 
 
 def best_at_seconds(curve: list[float], seconds: list[float] | None, t: float) -> float:
@@ -170,7 +183,7 @@ def task_report(label: str, runs: dict[tuple[str, int], dict], trials: int) -> d
         rep["best_s_at_seconds"][key] = {str(t): _fin(best_at_seconds(c, r.get("seconds"), t)) for t in ts}
         rep["final_best_s"][key] = _fin(c[-1]) if c else None
         rep["tune_s"][key] = r.get("tune_s")
-        if not c or not math.isfinite(min(c)):
+        if all_failed(r):
             rep["failed"].append(key)
     rep["gnn_vs_xgb"] = {}
     for (m, s), r in ok.items():
@@ -245,7 +258,7 @@ def common_overrides(args: argparse.Namespace) -> list[str]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true",
-                    help=f"{len(QUICK_TASKS)} tasks, 64 trials, one seed, population 256, no network")
+                    help=f"{len(QUICK_TASKS)} tasks, 64 trials, one seed, population 256, run timeout 5 s, no network")
     ap.add_argument("--tasks", default=None, help="comma-separated registry tasks (default: the unseen set)")
     ap.add_argument("--models", default=",".join(MODELS), help="comma-separated cost models (default gnn,xgb,random)")
     ap.add_argument("--trials", type=int, default=None, help="budget per task (default 256, quick 64)")
@@ -258,7 +271,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--checkpoint", default=None, help="GNN checkpoint (default: the shipped one)")
     ap.add_argument("--frozen", action="store_true", help="no online fine-tuning of the GNN")
     ap.add_argument("--run-timeout", type=float, default=None,
-                    help="seconds a candidate's timing may take before it counts as failed (default: the protocol's)")
+                    help="seconds a candidate's timing round may take before it counts as failed "
+                         "(default: the protocol's, 20; quick 5)")
     ap.add_argument("--no-guard", action="store_true", help="time whatever the machine's load (guard.enabled=false)")
     ap.add_argument("--override", action="append", default=[], help="extra conf/tune.yaml override for every run")
     ap.add_argument("--out", default=str(REPO / "runs" / "bench_tune"), help="runs (databases, summaries, plots) go here")
@@ -266,6 +280,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     warnings.filterwarnings("ignore")
     args.trials = args.trials or (64 if args.quick else 256)
     args.population = args.population or (256 if args.quick else 512)
+    args.run_timeout = args.run_timeout or (5.0 if args.quick else None)
     seeds = [int(s) for s in (args.seeds or ("1" if args.quick else "1,2")).split(",")]
     models = args.models.split(",")
     network = args.network or ("none" if args.quick else "bert_layer")
@@ -322,6 +337,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             runs[(model, seeds[0])] = r = run_one(wd, [f"network={network}", f"batch={args.network_batch}",
                                                        f"cost_model={model}", f"trials={args.network_trials}",
                                                        f"seed={seeds[0]}", *common])
+            all_runs[(label, model, seeds[0])] = r
             _print_run(label, model, seeds[0], r)
         net_rep = task_report(label, runs, args.network_trials)
         net_rep["label"] = label
@@ -341,14 +357,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "seconds_saved_vs_xgb": _median([c["seconds_saved"] for c in cmps if c["seconds_saved"] is not None]),
         "final_best_ratio_vs_xgb": _gmean([c["final_ratio"] for c in cmps if c["final_ratio"] is not None]),
         "network_latency_ms": net_rep.get("network_latency_ms", {}),
-        "cost_model_share": {m: _mean([r["cost_model_share"] for (_, mm, _), r in all_runs.items()
-                                       if mm == m and r.get("cost_model_share") is not None]) for m in models},
+        "cost_model_share": {m: _mean([r["cost_model_share"] for (t, mm, _), r in all_runs.items()
+                                       if t in per_task and mm == m and r.get("cost_model_share") is not None])
+                             for m in models},  # over the tasks' runs; the network's are in "network"
         "predict_per_s_gnn": round(_gmean(thr["gnn"]) or 0.0, 1),
         "predict_per_s_xgb": round(_gmean(thr["xgb"]) or 0.0, 1),
         "gnn_fallback": sum(rep["gnn_fallback"] for rep in per_task.values()) + net_rep.get("gnn_fallback", 0),
         "compared": len(cmps),
-        "failed_runs": [f"{t} {m}-s{s}" for (t, m, s), r in all_runs.items()
-                        if "error" not in r and not any(v is not None for v in r.get("curve") or [])],
+        "failed_runs": [f"{t} {m}-s{s}" for (t, m, s), r in all_runs.items() if "error" not in r and all_failed(r)],
         "errors": {f"{t} {m}-s{s}": r["error"] for (t, m, s), r in all_runs.items() if "error" in r},
         "resumed_runs": sum(1 for r in all_runs.values() if r.get("resumed")),
         "tune_minutes": {m: round(sum(r.get("tune_s") or 0 for (_, mm, _), r in all_runs.items() if mm == m) / 60, 1)
@@ -380,7 +396,7 @@ def _print_run(label: str, model: str, seed: int, r: dict) -> None:
         best = r.get("best_s")
         print(f"--- {label} {model}-s{seed}: done before ({r['trials']} trials, best "
               f"{'-' if best is None else f'{best * 1e3:.4f} ms'}), read from {r['work_dir']}")
-    if "error" not in r and not any(v is not None for v in r.get("curve") or []):
+    if "error" not in r and all_failed(r):
         print(f"--- {label} {model}-s{seed}: every candidate failed ({r.get('trials', 0)} trials): reported, going on")
 
 

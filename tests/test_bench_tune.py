@@ -55,6 +55,19 @@ def test_task_report_goes_on_past_a_run_whose_every_candidate_failed(bench) -> N
     assert rep["gnn_vs_xgb"] == {} and rep["best_s"]["gnn-s1"] == {"2": 2.0}
     assert rep["best_s_at_seconds"]["gnn-s1"] == {"30": 4.0, "60": 4.0, "120": 2.0}
     assert rep["cost_model_share"] == {"gnn": 0.1, "xgb": 0.1}
+    # a network run with some tasks measured has no curve yet (no estimate over all tasks) but did not fail
+    assert not bench.all_failed({"tasks": {"a": 1e-3, "b": None}, "curve": [None, None]})
+    assert bench.all_failed({"tasks": {"a": None, "b": None}, "curve": [None, None]})
+
+
+def test_a_finished_run_is_read_back_only_with_the_same_settings(bench, tmp_path: Path) -> None:
+    wd = bench.run_dir(tmp_path, "resnet18-b8/fused_matmul_add13", "gnn", 2)
+    assert wd == tmp_path / "resnet18-b8__fused_matmul_add13" / "gnn-s2"
+    wd.mkdir(parents=True)
+    (wd / "summary.json").write_text(json.dumps({**_run([2.0], [5.0]), "overrides": ["trials=1"]}))
+    assert bench.run_one(wd, ["trials=1"])["resumed"] is True  # nothing tuned: read back
+    with pytest.raises(SystemExit, match="other settings"):
+        bench.run_one(wd, ["trials=2"])
 
 
 @pytest.mark.slow

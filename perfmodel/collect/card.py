@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import platform
 import statistics
 from collections import Counter
@@ -9,6 +11,9 @@ from pathlib import Path
 
 from perfmodel.collect.database import Database
 from perfmodel.collect.measure import Protocol
+
+
+NOISE_FILE = "noise.json"  # the last bench_noise result on this folder
 
 
 def cpu_info() -> tuple[str, str]:
@@ -111,6 +116,17 @@ def render_card(db_dir: str | Path, collect_cfg: str = "conf/collect.yaml") -> s
                  f"(fastest rounds never agreed), {info['disturbed']} stored while disturbed; median "
                  f"{info['rounds_median']:g} rounds per record, median spread of the fastest rounds "
                  f"{info['spread_median']:.2%} |\n")
+    noise = ""
+    if (Path(db_dir) / NOISE_FILE).is_file():  # written by benchmarks/bench_noise.py --db <this folder>
+        try:
+            n = json.loads((Path(db_dir) / NOISE_FILE).read_text())
+            noise = (f"| Re-measurement (`benchmarks/bench_noise.py`, {n.get('date', '?')}, {n['records']} records of "
+                     f"{n['tasks']} tasks) | two fresh passes agree on {n['pass_pairwise']:.1%} of pairs (median "
+                     f"difference {n['pass_median_rel']:.1%}); stored labels vs a fresh pass: {n['stored_pairwise']:.1%} "
+                     f"(median {n['stored_median_rel']:.1%}); TVM's LocalRunner pass to pass, same run: "
+                     f"{n.get('tvm_pass_pairwise', float('nan')):.1%} |\n")
+        except (OSError, ValueError, KeyError, TypeError):
+            noise = ""
     rows = "\n".join(f"| `{n}` | {c['valid']} | {c['failed']} |" for n, c in sorted(st["tasks"].items()))
     return f"""# Dataset card: `{Path(db_dir).name}`
 
@@ -129,7 +145,7 @@ Schedules of TVM tuning tasks measured on this machine, in MetaSchedule's own JS
 | Timings stored per record (median) | {timings:g} |
 | Noise: median relative spread (std/mean) of a record's stored timings | {st['noise_median']:.2%} |
 | Noise: 90th percentile of that spread | {st['noise_p90']:.2%} |
-{guard}
+{guard}{noise}
 CPU flags: `{flags}`
 
 ## Regenerate or extend
@@ -142,8 +158,8 @@ perfmodel collect "tasks=[C2D-0,DIL-0]"  # more tasks (names from `perfmodel wor
 perfmodel card datasets/{Path(db_dir).name} > datasets/README.md
 ```
 
-Records from a different CPU model go to their own folder (`hardware=` defaults to the CPU model
-name): never mix them.
+Records from a different CPU model or target go to their own folder (`hardware=` defaults to the CPU
+model name, the target's `mcpu` and the runner threads): never mix them.
 
 ## Records and failures per task
 

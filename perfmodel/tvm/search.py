@@ -96,7 +96,7 @@ class RecordClock(ms.measure_callback.PyMeasureCallback):
     without one built candidate).
 
     It also stands in for MetaSchedule's ``RemoveBuildArtifact`` callback, tolerating a runner that
-    already removed the artifact (``ProtocolRunner`` does; TVM's callback then raises).
+    already removed an artifact's directory (TVM's callback then raises).
 
     Args:
         runner: the tuning run's runner, with a ``finished`` list (or none: every time is the join time).
@@ -213,6 +213,9 @@ def plot_curves(curves: dict[str, list[float]], path: str | Path, *, title: str 
                 seconds: dict[str, list[float]] | None = None) -> Path:
     """Best latency (ms) against trials, one line per curve, saved as an image (matplotlib Agg).
 
+    Curves whose labels start with the same word (``gnn s1``, ``gnn s2``: one model, two seeds) share
+    a colour and differ in line style; the latency axis is logarithmic when it spans over 10x.
+
     Args:
         curves: label -> best latency (seconds) after each trial (``inf``/``None`` before the first valid one).
         path: the image file.
@@ -225,6 +228,14 @@ def plot_curves(curves: dict[str, list[float]], path: str | Path, *, title: str 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    groups = list(dict.fromkeys(label.split()[0] if label.split() else label for label in curves))
+    colors = {g: f"C{i % 10}" for i, g in enumerate(groups)}
+    styles, seen = {}, {g: 0 for g in groups}
+    for label in curves:
+        g = label.split()[0] if label.split() else label
+        styles[label] = ["-", "--", ":", "-."][seen[g] % 4]
+        seen[g] += 1
+    finite = [v for c in curves.values() for v in c if v is not None and math.isfinite(v) and v > 0]
     panels = 2 if seconds else 1
     fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 4), squeeze=False)
     for col, (ax, xlabel) in enumerate(zip(axes[0], ["trials (measured candidates)", "tuning wall-clock (s)"])):
@@ -232,10 +243,14 @@ def plot_curves(curves: dict[str, list[float]], path: str | Path, *, title: str 
             xs_all = list(range(1, len(curve) + 1)) if col == 0 else list((seconds or {}).get(label) or [])
             pts = [(x, v) for x, v in zip(xs_all, curve) if v is not None and math.isfinite(v)]
             if pts:  # a step line, and a dot at the final best (visible even for one point)
-                (line,) = ax.step([x for x, _ in pts], [v * 1e3 for _, v in pts], where="post", label=label)
-                ax.plot([pts[-1][0]], [pts[-1][1] * 1e3], "o", markersize=3, color=line.get_color())
+                g = label.split()[0] if label.split() else label
+                ax.step([x for x, _ in pts], [v * 1e3 for _, v in pts], where="post", label=label,
+                        color=colors[g], linestyle=styles[label])
+                ax.plot([pts[-1][0]], [pts[-1][1] * 1e3], "o", markersize=3, color=colors[g])
         ax.set_xlabel(xlabel)
         ax.set_xlim(left=0)
+        if finite and max(finite) > 10 * min(finite):
+            ax.set_yscale("log")
         ax.set_ylabel("best latency (ms)")
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
