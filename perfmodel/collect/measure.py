@@ -166,6 +166,7 @@ def build(mod: Any, target: Any, out_dir: str) -> str:
 
     mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
     lib = tvm.compile(mod, target=target)
+    os.makedirs(out_dir, exist_ok=True)  # a /tmp cleanup during a long job must not fail every later build
     fd, path = tempfile.mkstemp(suffix=".so", dir=out_dir)
     os.close(fd)
     lib.export_library(path)
