@@ -155,7 +155,7 @@ pip install -e ".[dev]"
 perfmodel collect                        # resumes: tops every task up to n_random + n_evolve
 perfmodel collect n_evolve=200           # extend: more evolutionary records per task
 perfmodel collect "tasks=[C2D-0,DIL-0]"  # more tasks (names from `perfmodel workloads`)
-perfmodel card datasets/{Path(db_dir).name} > datasets/README.md
+perfmodel card datasets/{Path(db_dir).name} > datasets/{Path(db_dir).name}/README.md
 ```
 
 Records from a different CPU model or target go to their own folder (`hardware=` defaults to the CPU
