@@ -149,7 +149,7 @@ def compare(gnn: dict, xgb: dict, *, rel_tol: float = REACH_TOL) -> dict[str, An
     Returns ``None`` when XGB has no valid measurement (nothing to reach). The GNN never reaching it
     counts as its whole budget (trials, seconds), which bounds its ratios from above.
     """
-    from perfmodel.tvm.search import trials_to_reach
+    from perfmodel.plugin.search import trials_to_reach
 
     xc, gc = curve_of(xgb), curve_of(gnn)
     if not xc or not math.isfinite(xc[-1]) or not gc:
@@ -209,7 +209,7 @@ def scoring_throughput(task: str, runs: list[dict], checkpoint: str | None, *, m
     from perfmodel._tvm import load_ms
     from perfmodel.collect.collector import make_target
     from perfmodel.collect.database import Database
-    from perfmodel.tvm import GNNCostModel
+    from perfmodel.plugin import GNNCostModel
 
     ms = load_ms()
     mod = workloads.get_task(task).mod
@@ -289,9 +289,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     tasks = args.tasks.split(",") if args.tasks else (QUICK_TASKS if args.quick else TASKS)
     os.environ.setdefault("TVM_NUM_THREADS", "1")
 
-    from perfmodel.tvm import DEFAULT_CHECKPOINT
-    from perfmodel.tvm.cost_model import load_predictor
-    from perfmodel.tvm.search import plot_curves
+    from perfmodel.plugin import DEFAULT_CHECKPOINT
+    from perfmodel.plugin.cost_model import load_predictor
+    from perfmodel.plugin.search import plot_curves
 
     if "gnn" in models:
         load_predictor(args.checkpoint or DEFAULT_CHECKPOINT)  # a bad checkpoint fails before any tuning
@@ -464,7 +464,7 @@ def _print_summary(res: dict, n_tasks: int, seeds: list[int]) -> None:
 
 
 def _best_at(curve: list[float], trials: int) -> float:
-    from perfmodel.tvm.search import best_at
+    from perfmodel.plugin.search import best_at
 
     return best_at(curve, trials)
 

@@ -40,7 +40,7 @@ def resolve_tasks(cfg: Any) -> tuple[str, list[Any]]:
         ValueError: an unknown network, or a network without tasks at that batch size.
     """
     from perfmodel import workloads
-    from perfmodel.tvm.search import TuneTask
+    from perfmodel.plugin.search import TuneTask
 
     if cfg.get("network"):
         from perfmodel.networks import NETWORKS
@@ -71,7 +71,7 @@ def build_cost_model(cfg: Any) -> Any:
         FileNotFoundError / CheckpointError: the GNN checkpoint is missing or does not fit.
         ValueError: an unknown cost model name.
     """
-    from perfmodel.tvm import make_cost_model
+    from perfmodel.plugin import make_cost_model
 
     kind = str(cfg.cost_model)
     if kind == "gnn":
@@ -95,7 +95,7 @@ def tune(cfg: Any) -> dict[str, Any]:
         ``untuned_tasks`` (no valid record), ``tune_s``, ``cost_model`` (its counters, e.g.
         ``predict_s``, ``predict_per_s``), ``cost_model_share`` (seconds inside predict + update /
         tuning seconds), ``work_dir``, ``plot``. A network run adds ``estimate_ms`` (weighted sum of
-        the tuned tasks' bests) and, measured end to end (:func:`perfmodel.tvm.network.measure_network`),
+        the tuned tasks' bests) and, measured end to end (:func:`perfmodel.plugin.network.measure_network`),
         ``network_latency_ms``, ``untuned_latency_ms``, ``torch_eager_ms`` and their details (or
         ``network_error``).
     """
@@ -109,7 +109,7 @@ def tune(cfg: Any) -> dict[str, Any]:
     from perfmodel.collect.collector import make_target
     from perfmodel.collect.measure import Guard, Protocol
     from perfmodel.collect.runner import ProtocolRunner
-    from perfmodel.tvm.search import best_curve, make_builder, make_contexts, plot_curves, tuning_callbacks
+    from perfmodel.plugin.search import best_curve, make_builder, make_contexts, plot_curves, tuning_callbacks
 
     ms = load_ms()
     # TVM sets its console handler to its logger's level when it configures logging: WARNING keeps the
@@ -165,7 +165,7 @@ def tune(cfg: Any) -> dict[str, Any]:
         out["estimate_ms"] = round(sum(weights[k] * v for k, v in best.items() if math.isfinite(v)) * 1e3, 4)
         nt = cfg.get("network_timing") or {}
         if nt.get("enabled", True):
-            from perfmodel.tvm.network import measure_network
+            from perfmodel.plugin.network import measure_network
 
             print(f"compiling {label} with the tuned database and timing it (tuned, untuned, PyTorch eager)", flush=True)
             try:

@@ -73,7 +73,7 @@ def test_a_finished_run_is_read_back_only_with_the_same_settings(bench, tmp_path
 @pytest.mark.slow
 def test_resume_skips_done_runs_and_redoes_unfinished_ones(bench, tmp_path: Path, capsys) -> None:
     from perfmodel.collect.database import Database
-    from perfmodel.tvm import DEFAULT_CHECKPOINT
+    from perfmodel.plugin import DEFAULT_CHECKPOINT
 
     if not DEFAULT_CHECKPOINT.is_file():
         pytest.skip("perfmodel/pretrained/gnn.ckpt is not trained yet")

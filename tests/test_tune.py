@@ -22,7 +22,7 @@ def ckpt(tmp_path_factory) -> Path:
     from perfmodel.featurize.schema import EDGE_FEATURES, NODE_FEATURES, SCHEMA_VERSION
     from perfmodel.models import build_model
     from perfmodel.predictor import Predictor
-    from perfmodel.tvm import DEFAULT_CHECKPOINT
+    from perfmodel.plugin import DEFAULT_CHECKPOINT
 
     if DEFAULT_CHECKPOINT.is_file():
         return DEFAULT_CHECKPOINT

@@ -14,10 +14,10 @@ from perfmodel._tvm import load_ms
 from perfmodel.collect.database import FAILED
 from perfmodel.collect.measure import label_secs
 from perfmodel.predictor import DEFAULT_CHECKPOINT, MeasuredBuffer, Predictor, flops_of, load_predictor
-from perfmodel.tvm.timed import CostModelStats, TimedCostModel
+from perfmodel.plugin.timed import CostModelStats, TimedCostModel
 
 ms = load_ms()
-log = logging.getLogger("perfmodel.tvm")
+log = logging.getLogger("perfmodel.plugin")
 
 _MAX_EXP = 300.0  # scores are exp(ref - log_time), the exponent clipped to +-300 (float64-safe)
 

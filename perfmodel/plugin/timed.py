@@ -13,7 +13,7 @@ from tvm.ir.utils import derived_object
 from perfmodel._tvm import load_ms
 
 ms = load_ms()
-log = logging.getLogger("perfmodel.tvm")
+log = logging.getLogger("perfmodel.plugin")
 
 
 @dataclass

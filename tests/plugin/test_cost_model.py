@@ -11,7 +11,7 @@ import torch
 
 from perfmodel._tvm import load_ms
 from perfmodel.predictor import CheckpointError, Predictor
-from perfmodel.tvm import DEFAULT_CHECKPOINT, GNNCostModel, TimedCostModel, make_cost_model
+from perfmodel.plugin import DEFAULT_CHECKPOINT, GNNCostModel, TimedCostModel, make_cost_model
 
 torch.set_num_threads(1)  # tiny graphs on a shared 2-core machine: more threads only contend
 ms = load_ms()
@@ -154,13 +154,13 @@ def test_a_failing_candidate_gets_the_fallback(gnn_ckpt: Path, space, candidates
     bare = GNNCostModel(predictor=flaky).predict(space.ctx, candidates)
     assert np.isnan(bare[3]) and np.isfinite(np.delete(bare, 3)).all()  # the adapter only marks it
     model = TimedCostModel(inner=GNNCostModel(predictor=flaky), fallback=-1.0)
-    with caplog.at_level(logging.WARNING, logger="perfmodel.tvm"):
+    with caplog.at_level(logging.WARNING, logger="perfmodel.plugin"):
         out = model.predict(space.ctx, candidates)
         model.predict(space.ctx, candidates)
     assert out[3] == -1.0 and model.stats.fallback == 2 and model.stats.errors == 0
     keep = np.arange(len(candidates)) != 3
     assert np.allclose(out[keep], ref[keep])
-    assert len([r for r in caplog.records if r.name == "perfmodel.tvm"]) == 1  # one warning, then counted
+    assert len([r for r in caplog.records if r.name == "perfmodel.plugin"]) == 1  # one warning, then counted
     model.update(space.ctx, candidates, _results(len(candidates)))  # the search goes on
     assert model.stats.update_calls == 1
 
@@ -189,10 +189,10 @@ def test_a_model_that_raises_gives_every_candidate_the_fallback(gnn_ckpt: Path, 
 def test_warns_once_when_scoring_for_another_target(space, candidates: list, tmp_path: Path, caplog) -> None:
     znver3 = make_checkpoint(tmp_path / "znver3.ckpt", target={"kind": "llvm", "mcpu": "znver3", "threads": 1})
     model = make_cost_model("gnn", checkpoint=znver3, frozen=True)  # space.ctx: llvm, no mcpu, 1 core
-    with caplog.at_level(logging.WARNING, logger="perfmodel.tvm"):
+    with caplog.at_level(logging.WARNING, logger="perfmodel.plugin"):
         model.predict(space.ctx, candidates)
         model.predict(space.ctx, candidates)
-    msgs = [r.getMessage() for r in caplog.records if r.name == "perfmodel.tvm"]
+    msgs = [r.getMessage() for r in caplog.records if r.name == "perfmodel.plugin"]
     assert len(msgs) == 1 and "\n" not in msgs[0]
     assert "trained for llvm/znver3/1 thread(s), scoring for llvm/generic/1 thread(s)" in msgs[0]
     assert "retrain on data of this target" in msgs[0]
@@ -200,9 +200,9 @@ def test_warns_once_when_scoring_for_another_target(space, candidates: list, tmp
     caplog.clear()
     same = make_checkpoint(tmp_path / "generic.ckpt", target={"kind": "llvm", "mcpu": "generic", "threads": 1})
     model = make_cost_model("gnn", checkpoint=same, frozen=True)
-    with caplog.at_level(logging.WARNING, logger="perfmodel.tvm"):
+    with caplog.at_level(logging.WARNING, logger="perfmodel.plugin"):
         model.predict(space.ctx, candidates)
-    assert not [r for r in caplog.records if r.name == "perfmodel.tvm"] and model.stats.target_mismatch == 0
+    assert not [r for r in caplog.records if r.name == "perfmodel.plugin"] and model.stats.target_mismatch == 0
 
 
 def test_bad_checkpoints_give_one_clear_error(tmp_path: Path) -> None:
@@ -244,7 +244,7 @@ def test_default_is_the_shipped_checkpoint(space, candidates: list) -> None:
 def test_tune_tir_with_the_gnn(gnn_ckpt: Path, target, tmp_path: Path) -> None:
     from conftest import matmul_mod
 
-    from perfmodel.tvm.search import make_builder
+    from perfmodel.plugin.search import make_builder
 
     model = make_cost_model("gnn", checkpoint=gnn_ckpt, steps=5)
     # TVM's LocalBuilder starts fresh workers per batch, each importing TVM for ~30 s on a busy machine;

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from perfmodel.tvm.search import best_at, plot_curves, trials_to_reach
+from perfmodel.plugin.search import best_at, plot_curves, trials_to_reach
 
 
 def test_best_at_and_trials_to_reach() -> None:
@@ -34,7 +34,7 @@ def test_record_clock_matches_records_to_the_runner_times(tmp_path: Path) -> Non
     from conftest import matmul_mod
     from tvm.s_tir import Schedule
 
-    from perfmodel.tvm.search import RecordClock, ms
+    from perfmodel.plugin.search import RecordClock, ms
 
     mod = matmul_mod(8)
     cand = ms.MeasureCandidate(Schedule(mod), ms.arg_info.ArgInfo.from_prim_func(mod["main"]))
