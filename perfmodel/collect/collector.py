@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from perfmodel.collect.database import FAILED, INFO_FILE, Database, RawRecord, to_py, trace_hash
-from perfmodel.collect.measure import Guard, LocalMeasurer, MeasureResult, Protocol, one_line
+from perfmodel.collect.measure import Guard, LocalMeasurer, Measurer, MeasureResult, Protocol, one_line
 from perfmodel.collect.sampler import Evolution, TaskSpace, trace_key
 
 
@@ -124,7 +124,7 @@ class Collector:
         if cfg.runner == "rpc":
             from perfmodel.collect.rpc import RPCMeasurer
 
-            self.measurer: Any = RPCMeasurer(target=self.target, protocol=cfg.protocol, **cfg.rpc)
+            self.measurer: Measurer = RPCMeasurer(target=self.target, protocol=cfg.protocol, **cfg.rpc)
         elif cfg.runner == "local":
             self.measurer = LocalMeasurer(target=self.target, protocol=cfg.protocol, guard=cfg.guard, log=self._log)
         else:

@@ -36,9 +36,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -48,72 +48,45 @@ PROTOCOL_VERSION = 2  # bump when the timing protocol changes what a stored time
 
 @dataclass(frozen=True)
 class Protocol:
-    """How candidates are timed (see the module docstring for why).
+    """How candidates are timed (see the module docstring for why)."""
 
-    Attributes:
-        rounds: rounds per candidate, interleaved over the batch, each with a fresh allocation of
-            its arguments and one estimate (its fastest repeat).
-        max_rounds: more rounds, up to this many, for a record whose ``keep`` fastest estimates
-            still differ by more than ``max_spread`` (it has not yet been seen in a quiet moment).
-        repeat: timings per round.
-        min_repeat_ms: each timing runs the kernel often enough to last at least this long.
-        keep: the fastest round estimates stored as the record's ``run_secs``.
-        placement: ``shift`` (a random spacer before each round's arguments), ``fresh`` (new
-            arguments each round, no spacer) or ``same`` (one allocation for all rounds).
-        realtime: run the runner under ``SCHED_FIFO`` pinned to the last core (when permitted).
-        max_spread: convergence tolerance of the ``keep`` fastest estimates (max/min - 1).
-        budget_ms: rounds beyond ``keep`` stop once a candidate's rounds add up to this much
-            kernel time (a 200 ms kernel gets ``keep`` rounds, a 1 ms one up to ``max_rounds``).
-        timeout_s: a candidate whose round takes longer is killed and counted as failed.
-        build_timeout_s: a build taking longer is killed and counted as failed.
-        build_workers: parallel build processes (builds run before the timings, never beside them).
-        threads: TVM runtime threads of the runner (``TVM_NUM_THREADS``).
-    """
-
-    rounds: int = 6
-    max_rounds: int = 10
-    repeat: int = 1
-    min_repeat_ms: int = 2
-    keep: int = 3
-    placement: str = "same"
-    realtime: bool = False
-    max_spread: float = 0.03
-    budget_ms: float = 200.0
-    timeout_s: float = 20.0
-    build_timeout_s: float = 60.0
-    build_workers: int = 2
-    threads: int = 1
+    rounds: int = 6                # rounds per candidate, interleaved over the batch, each with a fresh allocation of
+                                   # its arguments and one estimate (its fastest repeat)
+    max_rounds: int = 10           # more rounds, up to this many, for a record whose ``keep`` fastest estimates still
+                                   # differ by more than ``max_spread`` (it has not yet been seen in a quiet moment)
+    repeat: int = 1                # timings per round
+    min_repeat_ms: int = 2         # each timing runs the kernel often enough to last at least this long
+    keep: int = 3                  # the fastest round estimates stored as the record's ``run_secs``
+    placement: str = "same"        # ``shift`` (a random spacer before each round's arguments), ``fresh`` (new
+                                   # arguments each round, no spacer) or ``same`` (one allocation for all rounds)
+    realtime: bool = False         # run the runner under ``SCHED_FIFO`` pinned to the last core (when permitted)
+    max_spread: float = 0.03       # convergence tolerance of the ``keep`` fastest estimates (max/min - 1)
+    budget_ms: float = 200.0       # rounds beyond ``keep`` stop once a candidate's rounds add up to this much kernel
+                                   # time (a 200 ms kernel gets ``keep`` rounds, a 1 ms one up to ``max_rounds``)
+    timeout_s: float = 20.0        # a candidate whose round takes longer is killed and counted as failed
+    build_timeout_s: float = 60.0  # a build taking longer is killed and counted as failed
+    build_workers: int = 2         # parallel build processes (builds run before the timings, never beside them)
+    threads: int = 1               # TVM runtime threads of the runner (``TVM_NUM_THREADS``)
 
 
 @dataclass(frozen=True)
 class Guard:
-    """When the machine counts as too busy to time on.
+    """When the machine counts as too busy to time on."""
 
-    Attributes:
-        enabled: check at all.
-        max_foreign_cores: other processes' CPU use (cores, averaged over a batch) above which
-            the batch waits and is re-measured.
-        ignore_niced: do not count processes running at a positive nice level (``nice -n 19
-            pytest``): the scheduler keeps them off the runner's core, so they are one neighbour on
-            the other core, which bench_noise's ``niced`` pass measures as harmless.
-        max_steal: fraction of CPU time the hypervisor stole above which the same happens.
-        ref_tolerance: the reference kernel is timed once per round; when even its fastest time
-            during a batch is slower than the fastest this runner has seen by more, the whole
-            batch ran on a slowed machine and is re-measured.
-        max_attempts: re-measurements of a disturbed batch (each after waiting for a quiet
-            machine); after that it is stored marked ``disturbed``, and training drops it.
-        report_s: while waiting, one line saying why every this many seconds.
-        settle_s: quiet seconds required before timing resumes.
-    """
-
-    enabled: bool = True
-    max_foreign_cores: float = 0.5
-    ignore_niced: bool = True
-    max_steal: float = 0.05
-    ref_tolerance: float = 0.30
-    max_attempts: int = 10
-    report_s: float = 60.0
-    settle_s: float = 2.0
+    enabled: bool = True            # check at all
+    max_foreign_cores: float = 0.5  # other processes' CPU use (cores, averaged over a batch) above which the batch
+                                    # waits and is re-measured
+    ignore_niced: bool = True       # do not count processes running at a positive nice level (``nice -n 19 pytest``):
+                                    # the scheduler keeps them off the runner's core, so they are one neighbour on the
+                                    # other core, which bench_noise's ``niced`` pass measures as harmless
+    max_steal: float = 0.05         # fraction of CPU time the hypervisor stole above which the same happens
+    ref_tolerance: float = 0.30     # the reference kernel is timed once per round; when even its fastest time during
+                                    # a batch is slower than the fastest this runner has seen by more, the whole batch
+                                    # ran on a slowed machine and is re-measured
+    max_attempts: int = 10          # re-measurements of a disturbed batch (each after waiting for a quiet machine);
+                                    # after that it is stored marked ``disturbed``, and training drops it
+    report_s: float = 60.0          # while waiting, one line saying why every this many seconds
+    settle_s: float = 2.0           # quiet seconds required before timing resumes
 
 
 @dataclass
@@ -503,6 +476,42 @@ def busiest_processes(n: int = 3, exclude: Iterable[int] = ()) -> str:
 
 
 # ---- the measurer ---------------------------------------------------------------------------------
+class Measurer:
+    """What the local and the RPC measurer share: target, protocol, build workers, a scratch folder, ``with``.
+
+    Args:
+        target: a ``tvm.target.Target``.
+        protocol: how to time (default :class:`Protocol`).
+        prefix: name prefix of the scratch folder (under the system's temp dir) that holds the built libraries.
+    """
+
+    def __init__(self, *, target: Any, protocol: Protocol | None, prefix: str) -> None:
+        self.target = target
+        self.protocol = protocol or Protocol()
+        self._target_json = json.dumps(_plain(target.export()))
+        self._builders = _Builders(self.protocol.build_workers)
+        self._tmp = tempfile.mkdtemp(prefix=prefix)
+
+    def measure(self, items: Iterable[tuple[Any, Any]], *, next_items: Iterable[tuple[Any, Any]] | None = None
+                ) -> list[MeasureResult]:
+        """Time ``(scheduled IRModule, args_info)`` pairs as one batch; results in the same order.
+
+        ``next_items``: the caller's next batch, which a measurer may build while this one is timed.
+        """
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Stop the build workers and remove the scratch folder."""
+        self._builders.close()
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 @dataclass
 class _Cand:
     index: int
@@ -511,7 +520,7 @@ class _Cand:
     result: MeasureResult
 
 
-class LocalMeasurer:
+class LocalMeasurer(Measurer):
     """Times candidates on this machine with the protocol of the module docstring.
 
     Args:
@@ -524,14 +533,10 @@ class LocalMeasurer:
 
     def __init__(self, *, target: Any, protocol: Protocol | None = None, guard: Guard | None = None,
                  log: Any = None) -> None:
-        self.target = target
-        self.protocol = protocol or Protocol()
+        super().__init__(target=target, protocol=protocol, prefix="perfmodel-measure-")
         self.guard = guard or Guard()
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-        self._builders = _Builders(self.protocol.build_workers)
         self._runner = _Worker("run", threads=self.protocol.threads)
-        self._tmp = tempfile.mkdtemp(prefix="perfmodel-measure-")
-        self._target_json = json.dumps(_plain(target.export()))
         self._meter = CpuMeter(self._pids, ignore_niced=self.guard.ignore_niced)
         self._ref_base: float | None = None  # fastest reference time seen by this runner
         self.waited_s = 0.0
@@ -594,9 +599,6 @@ class LocalMeasurer:
         self._quiet_during_build = False
         self._time_batch([c for c in cands if c.path is not None])
         return [c.result for c in cands]
-
-    def iter_measure(self, items: Iterable[tuple[Any, Any]]) -> Iterator[MeasureResult]:
-        yield from self.measure(items)
 
     # ---- one batch ------------------------------------------------------------------------
     def _start_runner(self) -> None:
@@ -762,14 +764,7 @@ class LocalMeasurer:
         if self._threads is not None:
             self._threads.shutdown(wait=True)
         self._runner.close()
-        self._builders.close()
-        shutil.rmtree(self._tmp, ignore_errors=True)
-
-    def __enter__(self) -> LocalMeasurer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        super().close()
 
 
 def _plain(obj: Any) -> Any:

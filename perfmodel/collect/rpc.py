@@ -9,19 +9,16 @@ disagree. The device's own load cannot be seen from here, so the guard is not ap
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 
-from perfmodel.collect.measure import MeasureResult, Protocol, _Builders, _plain, _spread, args_of, one_line
+from perfmodel.collect.measure import Measurer, MeasureResult, Protocol, _spread, args_of, one_line
 
 
-class RPCMeasurer:
+class RPCMeasurer(Measurer):
     """Times candidates on the device registered under ``key`` at the tracker ``host:port``.
 
     A tracker that cannot be reached, or one where no server is registered under ``key``, fails
@@ -29,14 +26,10 @@ class RPCMeasurer:
     """
 
     def __init__(self, *, target: Any, host: str, port: int, key: str, protocol: Protocol | None = None) -> None:
-        self.target = target
-        self.protocol = protocol or Protocol()
         self.host, self.port, self.key = host, int(port), key
-        self._tmp = tempfile.mkdtemp(prefix="perfmodel-rpc-")
         self._session: Any = None
         self._connect()
-        self._builders = _Builders(self.protocol.build_workers)
-        self._target_json = json.dumps(_plain(target.export()))
+        super().__init__(target=target, protocol=protocol, prefix="perfmodel-rpc-")
 
     def _connect(self) -> None:
         from tvm import rpc
@@ -55,8 +48,13 @@ class RPCMeasurer:
         except Exception as e:  # noqa: BLE001
             raise ConnectionError(f"{where} unreachable: {one_line(e)}") from None
 
-    def measure(self, items: Iterable[tuple[Any, Any]]) -> list[MeasureResult]:
-        """Time ``(scheduled IRModule, args_info)`` pairs as one batch; results in the same order."""
+    def measure(self, items: Iterable[tuple[Any, Any]], *, next_items: Iterable[tuple[Any, Any]] | None = None
+                ) -> list[MeasureResult]:
+        """Time ``(scheduled IRModule, args_info)`` pairs as one batch; results in the same order.
+
+        ``next_items`` are not built ahead here (a build beside an RPC timing would not disturb it,
+        but uploading the libraries is the slow part).
+        """
         import tvm
 
         items = list(items)
@@ -109,9 +107,6 @@ class RPCMeasurer:
                 pass
         return results
 
-    def iter_measure(self, items: Iterable[tuple[Any, Any]]) -> Iterator[MeasureResult]:
-        yield from self.measure(items)
-
     def _reconnect(self) -> None:
         try:
             self._connect()
@@ -120,11 +115,4 @@ class RPCMeasurer:
 
     def close(self) -> None:
         self._session = None
-        self._builders.close()
-        shutil.rmtree(self._tmp, ignore_errors=True)
-
-    def __enter__(self) -> RPCMeasurer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        super().close()
