@@ -43,7 +43,7 @@ def resolve_tasks(cfg: Any) -> tuple[str, list[Any]]:
     from perfmodel.plugin.search import TuneTask
 
     if cfg.get("network"):
-        from perfmodel.networks import NETWORKS
+        from perfmodel.reference_networks import NETWORKS
 
         net, batch = str(cfg.network), int(cfg.batch)
         if net not in NETWORKS:

@@ -2,7 +2,7 @@
 
 Names are stable: ``C2D-1`` is shape 1 of the Ansor suite's conv2d; ``resnet18-b8/fused_conv2d3_add_relu``
 is a task that Relax extracts from ResNet-18 at batch 8. Network tasks are extracted once and cached
-in ``perfmodel/data_files/network_tasks.json.gz`` (``perfmodel workloads --refresh`` redoes it), so
+in ``perfmodel/resources/network_tasks.json.gz`` (``perfmodel workloads --refresh`` redoes it), so
 listing the registry does not trace three PyTorch models every time.
 """
 
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 TE_SUITE = ["C1D", "C2D", "C3D", "GMM", "GRP", "DIL", "DEP", "T2D", "CAP", "NRM", "SFM", "CBR", "TBG"]
 NETWORK_BATCHES = (1, 8)
-CACHE_FILE = Path(__file__).parent / "data_files" / "network_tasks.json.gz"
+CACHE_FILE = Path(__file__).parent / "resources" / "network_tasks.json.gz"
 REPO = Path(__file__).resolve().parents[1]
 # The default dataset: this CPU's records, native target (host mcpu), one runner thread.
 DEFAULT_DATASET = "amd-epyc-znver3-t1"
@@ -164,7 +164,7 @@ def network_relax_mod(net: str, batch: int) -> tuple[tvm.IRModule, object, objec
     from tvm import relax
     from tvm.relax.frontend.torch import from_exported_program
 
-    from perfmodel.networks import NETWORKS
+    from perfmodel.reference_networks import NETWORKS
 
     cls, shape = NETWORKS[net]
     torch.manual_seed(0)
@@ -205,7 +205,7 @@ def extract_network_tasks(net: str, batch: int, target: dict | None = None) -> l
 
 def refresh_network_cache() -> Path:
     """Re-extract every network at every batch size and rewrite the cache file."""
-    from perfmodel.networks import NETWORKS
+    from perfmodel.reference_networks import NETWORKS
 
     entries = []
     for net in NETWORKS:
