@@ -17,18 +17,23 @@ only a ranking score:
 from __future__ import annotations
 
 import contextlib
+import logging
 import random as _random
 import zlib
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
 from perfmodel.collect.measure import label_secs
+from perfmodel.metrics import task_metrics
 
 if TYPE_CHECKING:
     from perfmodel.evaluate.records import TaskRecords
 
 NAMES = ("xgb", "mlp", "xgb-latency", "random")
+
+log = logging.getLogger(__name__)
 
 
 class BaselineError(ValueError):
@@ -227,7 +232,39 @@ def _quiet_steplr() -> Iterator[None]:
         torch.optim.lr_scheduler.StepLR = original
 
 
-# ---- the hook of training (perfmodel.training.baseline): baselines on a ScheduleDataset split ----
+# ---- the comparison of training: a baseline on the split of a ScheduleDataset -------------------
+def split_metrics(dataset: Any, splits: dict[str, np.ndarray], *, name: str = "xgb", seed: int = 0) -> dict[str, Any]:
+    """Fits baseline ``name`` (default TVM's ``XGBModel``) on ``splits["train"]``, scores ``splits["test"]``.
+
+    Args:
+        dataset: a ``ScheduleDataset`` (its ``sources`` lead back to the raw records).
+        splits: record indices of ``dataset`` under ``train`` and ``test``, as the data module made them.
+        name: one of ``NAMES``.
+        seed: seed of the baseline and of the global generators TVM's models draw from.
+
+    Returns:
+        ``task_metrics`` of its test scores (absolute metrics ``nan`` for ranking-only baselines).
+    """
+    _random.seed(seed)  # TVM's models draw from the global generators: same split, same scores
+    np.random.seed(seed)
+    model = make(name, seed=seed)
+    train, _ = dataset_tasks(dataset, splits["train"])
+    model.fit(train)
+    preds, trues, tids = [], [], []
+    for t, pos in zip(*dataset_tasks(dataset, splits["test"])):
+        p = model.predict(t)
+        if len(p) != len(pos):  # a record that no longer replays: align on what is left
+            log.warning("baseline %s: task %s scored %d of %d records; skipped", name, t.name, len(p), len(pos))
+            continue
+        preds.append(p)
+        trues.append(np.log(t.times))
+        tids.append(np.full(len(p), t.name, dtype=object))
+    if not preds:
+        raise ValueError(f"baseline {name}: no test record could be scored")
+    return task_metrics(np.concatenate(preds), np.concatenate(trues), np.concatenate(tids),
+                        absolute=bool(getattr(model, "absolute", False)))
+
+
 
 
 def dataset_tasks(dataset: Any, idx: Any) -> tuple[list[TaskRecords], list[np.ndarray]]:

@@ -155,11 +155,11 @@ def _fit(cfg: DictConfig, dm: ScheduleDataModule) -> tuple[L.Trainer, CostModelM
 
 def run_baseline(name: str, dm: ScheduleDataModule, *, seed: int = 0) -> dict[str, Any]:
     """Test metrics of baseline ``name`` (``xgb`` = TVM's XGBModel) fitted on the same train split."""
-    from perfmodel.training.baseline import xgb_test_metrics
+    from perfmodel.evaluate.baselines import split_metrics
 
     if not hasattr(dm.dataset, "sources"):
         raise NotImplementedError("the dataset has no raw records (synthetic?)")
-    return xgb_test_metrics(dm.dataset, dm.splits, name=name, seed=seed)
+    return split_metrics(dm.dataset, dm.splits, name=name, seed=seed)
 
 
 def _best_checkpoint(trainer: L.Trainer) -> str:
