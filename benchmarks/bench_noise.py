@@ -4,6 +4,7 @@ Picks ``--n`` valid records from each of ``--tasks`` (seeded), replays them, and
 independent passes (each pass its own processes, minutes apart):
 
 - ``ours`` x2: :class:`perfmodel.collect.measure.LocalMeasurer` with the project's protocol;
+- ``ungated`` x2: ours without the reference gate (``Protocol.gate=0``, protocol version 2);
 - ``tvm`` x2: TVM's ``LocalBuilder`` + ``LocalRunner`` with ``EvaluatorConfig(number=3,
   repeat=5, min_repeat_ms=50)``, a fresh pool per pass, all builds before the runs (the reference);
 - ``loaded``: ours again while a process this script starts burns CPU in bursts (5 s on, 5 s off);
@@ -13,12 +14,13 @@ independent passes (each pass its own processes, minutes apart):
 
 Each comparison is scored like a cost model: per-task pairwise agreement of the two time vectors,
 and the median |t2/t1 - 1|. Prints one line per task and comparison, and as the last line a
-JSON object with ``pass_pairwise``, ``pass_median_rel``, ``tvm_pass_pairwise``,
+JSON object with ``pass_pairwise``, ``pass_median_rel``, ``ungated_pass_pairwise``,
+``ungated_pass_median_rel``, ``tvm_pass_pairwise``,
 ``tvm_pass_median_rel``, ``stored_pairwise``, ``stored_median_rel``, ``loaded_pairwise``,
 ``loaded_median_rel``, ``niced_pairwise``, ``niced_median_rel``, ``records``, ``tasks`` (and the
 protocol used, minutes taken).
 
-    python benchmarks/bench_noise.py [--db DIR] [--n 24] [--tasks A,B,...] [--passes ours,tvm,loaded]
+    python benchmarks/bench_noise.py [--db DIR] [--n 24] [--tasks A,B,...] [--passes ours,ungated,tvm,loaded,niced]
                                      [--target stored|native] [--protocol rounds=3,placement=shift,...]
 """
 
@@ -122,9 +124,10 @@ def main() -> int:
 
     def ours(label: str) -> np.ndarray:
         out, ref = [], []
+        pr = replace(proto, gate=0.0) if label.startswith("ungated") else proto
         for name in tasks_in:
             items = [(c.sch.mod, c.args_info) for n, _, c in picked if n == name]
-            with LocalMeasurer(target=target_of[name], protocol=proto, guard=guard) as m:
+            with LocalMeasurer(target=target_of[name], protocol=pr, guard=guard) as m:
                 res = m.measure(items)
             out += [label_secs(r.run_secs) if r.ok else np.nan for r in res]
             ref += [r.info.get("ref_s") or np.nan for r in res]
@@ -154,6 +157,8 @@ def main() -> int:
     passes: dict[str, np.ndarray] = {}
     wanted = args.passes.split(",")
     plan = [("ours1", ours), ("ours2", ours)] if "ours" in wanted else []
+    if "ungated" in wanted:  # the same protocol without the reference gate (protocol version 2)
+        plan += [("ungated1", ours), ("ungated2", ours)]
     if "tvm" in wanted:
         plan += [("tvm1", tvm_pass), ("tvm2", tvm_pass)]
     if "loaded" in wanted:
@@ -174,7 +179,7 @@ def main() -> int:
             finally:
                 stop.set()
                 burner.join(10)
-        elif label.startswith("ours"):
+        elif label.startswith(("ours", "ungated")):
             passes[label] = fn(label)
         else:
             passes[label] = fn()
@@ -196,6 +201,8 @@ def main() -> int:
     if "ours1" in passes:
         out["pass_pairwise"], out["pass_median_rel"] = score("ours1", passes["ours1"], "ours2")
         out["stored_pairwise"], out["stored_median_rel"] = score("stored", stored, "ours1")
+    if "ungated1" in passes:
+        out["ungated_pass_pairwise"], out["ungated_pass_median_rel"] = score("ung1", passes["ungated1"], "ungated2")
     if "tvm1" in passes:
         out["tvm_pass_pairwise"], out["tvm_pass_median_rel"] = score("tvm1", passes["tvm1"], "tvm2")
     if "loaded" in passes and "ours1" in passes:

@@ -183,3 +183,19 @@ def test_collector_keeps_what_the_guard_saw_beside_each_record(tmp_path: Path) -
     info = [json.loads(x) for x in (folder / INFO_FILE).read_text().splitlines()]
     assert [i["trace"] for i in info] == [trace_hash(r.key) for r in db.records]
     assert all({"foreign", "steal", "spread", "rounds", "attempt"} <= i.keys() for i in info)
+
+
+def test_the_reference_gate_keeps_only_fast_phase_timings(native, items) -> None:
+    """Gate on: records say protocol 3; a tolerance no timing can meet leaves no label, not a slow one."""
+    proto = Protocol(rounds=3, max_rounds=4, keep=2, gate=0.15)
+    with LocalMeasurer(target=native, protocol=proto, guard=Guard(enabled=False)) as m:
+        res = m.measure(items[:2])
+    assert all(r.ok for r in res), [r.error for r in res]
+    for r in res:
+        assert r.info["protocol"] == 3 and r.info["gate"] == 0.15
+        assert 0 <= r.info["gated"] <= r.info["rounds"] + r.info["gated"]
+    impossible = Protocol(rounds=2, max_rounds=2, keep=1, gate=1e-9, gate_wait_s=0.02)
+    with LocalMeasurer(target=native, protocol=impossible, guard=Guard(enabled=False)) as m:
+        res = m.measure(items[:2])
+    assert not any(r.ok for r in res)
+    assert all("no timing" in r.error for r in res), [r.error for r in res]
