@@ -29,7 +29,7 @@ from perfmodel.collect.sampler import Evolution, TaskSpace, trace_key
 
 @dataclass
 class CollectConfig:
-    """What to collect (mirrors ``conf/collect.yaml``).
+    """What to collect (the defaults of ``conf/collect.yaml``; tests/collect keeps the two equal).
 
     Attributes:
         out_dir: root of the datasets; records go to ``<out_dir>/<hardware>/``.
@@ -54,8 +54,8 @@ class CollectConfig:
     hardware: str = ""
     target: Any = "native"
     tasks: list[str] = field(default_factory=list)
-    n_random: int = 64
-    n_evolve: int = 64
+    n_random: int = 96
+    n_evolve: int = 96
     batch: int = 16
     seed: int = 1
     runner: str = "local"

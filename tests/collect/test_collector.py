@@ -171,3 +171,19 @@ def test_rpc_runner_on_loopback(tmp_path: Path) -> None:
             if p is not None:
                 p.kill()
                 p.wait()
+
+
+def test_collect_config_defaults_are_the_yaml_defaults() -> None:
+    """CollectConfig and conf/collect.yaml name the same defaults (one is not allowed to drift)."""
+    from dataclasses import fields
+
+    from omegaconf import OmegaConf
+
+    from perfmodel.collect.collector import CollectConfig
+
+    yaml = OmegaConf.load(Path(__file__).resolve().parents[2] / "conf" / "collect.yaml")
+    plain = {f.name: f.default for f in fields(CollectConfig)}
+    shared = [k for k in ("out_dir", "hardware", "target", "n_random", "n_evolve", "batch", "seed", "runner",
+                          "retime_from", "progress", "max_duplicates") if k in yaml]
+    assert len(shared) >= 8
+    assert {k: yaml[k] for k in shared} == {k: plain[k] for k in shared}
