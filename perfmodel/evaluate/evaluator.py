@@ -183,6 +183,13 @@ def _db_dirs(paths: Sequence[str | os.PathLike]) -> list[Path]:
 
 def _run_gnn(predictor: Any, tasks: list[TaskRecords], notes: list[str], log: Callable[[str], None]) -> ModelRun:
     run = ModelRun(name="gnn", absolute=True)
+    mismatch: dict[str, list[str]] = {}  # the checkpoint's target against the records' (one note per kind)
+    for t in tasks:
+        line = predictor.target_mismatch(t.records[0].target) if t.records and t.records[0].target else None
+        if line:
+            mismatch.setdefault(line, []).append(t.name)
+    for line, names in mismatch.items():
+        notes.append(f"gnn: {line} ({len(names)} task(s), e.g. {names[0]})")
     t0 = time.perf_counter()
     for t in tasks:
         schs = t.schedules()

@@ -160,3 +160,24 @@ def test_batch_view_error_by_batch_and_friction() -> None:
     assert curve["8"]["measured"] == pytest.approx(4.0 / 8) and curve["8"]["gnn"] == pytest.approx(8.0 / 8)
     assert out["by_batch"]["gnn"]["8"]["pairwise_acc"] == 0.0 and out["by_batch"]["gnn"]["1"]["mape"] == 0.0
     assert "note" in batch_view([t1], [run])  # one batch size: skipped with a note
+
+
+def test_evaluation_says_when_the_checkpoint_was_trained_for_another_target(tiny_db: Path) -> None:
+    """A checkpoint for another CPU than the tiny db's records gets one note naming it; its own CPU none."""
+    from perfmodel.evaluate.evaluator import evaluate
+    from perfmodel.featurize import EDGE_FEATURES, NODE_FEATURES, SCHEMA_VERSION
+    from perfmodel.models import build_model
+    from perfmodel.predictor import Predictor
+    from perfmodel.workloads import target_summary
+
+    (task, *_) = load_tasks([tiny_db])
+    theirs = target_summary(task.records[0].target)
+    cfg = {"name": "gcn", "in_dim": len(NODE_FEATURES), "edge_dim": len(EDGE_FEATURES), "hidden": 8, "num_layers": 1}
+    meta = {"schema_version": SCHEMA_VERSION, "model": cfg, "granularity": "stage"}
+    other = Predictor(model=build_model(cfg), meta={**meta, "target": {**theirs, "mcpu": "some-other-cpu"}})
+    notes = evaluate([tiny_db], predictor=other, heldout={"NRM-0", "GMM-0"}, log=lambda m: None).notes
+    said = [n for n in notes if n.startswith("gnn: checkpoint trained for")]
+    assert len(said) == 1 and "some-other-cpu" in said[0] and "2 task(s)" in said[0], notes
+    same = Predictor(model=build_model(cfg), meta={**meta, "target": theirs})
+    notes = evaluate([tiny_db], predictor=same, heldout={"NRM-0", "GMM-0"}, log=lambda m: None).notes
+    assert not [n for n in notes if "checkpoint trained for" in n], notes

@@ -1,0 +1,41 @@
+"""benchmarks/bench_accuracy.py: the targets of issue #11 are judged on the numbers, against every baseline."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_accuracy", REPO / "benchmarks" / "bench_accuracy.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _model(pw: float, peak1: float, peak5: float, mape: float, r2: float) -> dict:
+    return {"pairwise_acc": pw, "kendall_tau": 2 * pw - 1, "spearman": 2 * pw - 1, "peak1": peak1, "peak5": peak5,
+            "mape": mape, "r2": r2, "rmse_log": 0.1}
+
+
+def test_every_target_met_only_when_every_number_clears_it() -> None:
+    b = _bench()
+    models = {"gnn": _model(0.90, 0.88, 0.96, 0.20, 0.85), "xgb": _model(0.80, 0.70, 0.90, 0.9, 0.1),
+              "xgb-latency": _model(0.78, 0.6, 0.9, 0.7, 0.3), "random": _model(0.5, 0.3, 0.6, 5.0, -1.0)}
+    res = b.targets(models, lofo_min_pairwise=0.81)
+    assert res and all(ok for _, ok in res), [d for d, ok in res if not ok]
+    # MAPE 0.20 but xgb-latency only 0.5: less than 3x lower -> that target fails, the others hold
+    models["xgb-latency"]["mape"] = 0.5
+    failed = [d for d, ok in b.targets(models) if not ok]
+    assert len(failed) == 1 and "xgb-latency" in failed[0]
+
+
+def test_a_baseline_ahead_on_one_ranking_metric_is_named() -> None:
+    b = _bench()
+    models = {"gnn": _model(0.90, 0.88, 0.96, 0.20, 0.85), "mlp": _model(0.80, 0.90, 0.90, 0.9, 0.1)}
+    failed = [d for d, ok in b.targets(models, lofo_min_pairwise=0.7) if not ok]
+    assert any("mlp" in d and "peak1" in d for d in failed)
+    assert any("leave-one-family-out" in d for d in failed)
+    assert b.targets({"gnn": {"error": "no checkpoint"}}) == [("gnn scored", False)]
