@@ -1,4 +1,4 @@
-"""Schedule -> stage graph (networkx) -> PyG ``Data``; the feature schema and its version.
+"""Schedule -> features -> stage graph (networkx) or PyG ``Data`` / ``Batch``; the feature schema and its version.
 
 The schema names import without TVM (``from perfmodel.featurize import NODE_FEATURES`` stays cheap
 and TVM-free for model code); the featurizer itself loads TVM on first use.
@@ -11,6 +11,10 @@ from typing import Any
 from perfmodel.featurize.schema import EDGE_FEATURES, NODE_FEATURES, SCHEMA_VERSION
 
 _LAZY = {
+    "Features": "perfmodel.featurize.graph",
+    "features": "perfmodel.featurize.graph",
+    "features_many": "perfmodel.featurize.graph",
+    "features_to_batch": "perfmodel.featurize.graph",
     "stage_graph": "perfmodel.featurize.graph",
     "graph_to_data": "perfmodel.featurize.graph",
     "featurize": "perfmodel.featurize.graph",
@@ -18,8 +22,8 @@ _LAZY = {
     "FeaturizeError": "perfmodel.featurize.tir",
 }
 
-__all__ = ["SCHEMA_VERSION", "NODE_FEATURES", "EDGE_FEATURES", "FeaturizeError", "stage_graph", "graph_to_data",
-           "featurize", "featurize_many"]
+__all__ = ["SCHEMA_VERSION", "NODE_FEATURES", "EDGE_FEATURES", "FeaturizeError", "Features", "features",
+           "features_many", "features_to_batch", "stage_graph", "graph_to_data", "featurize", "featurize_many"]
 
 
 def __getattr__(name: str) -> Any:

@@ -1,9 +1,10 @@
-"""Schedule -> networkx stage graph -> PyG ``Data``: the one featurizer of training, evaluation and tuning."""
+"""Schedule -> features -> networkx stage graph or PyG ``Data``: the one featurizer of training, evaluation, tuning."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import networkx as nx
@@ -19,11 +20,22 @@ _NF = len(NODE_FEATURES)
 _NE = len(EDGE_FEATURES)
 _I = NODE_INDEX
 _SLOT_BASE = {s: _I[f"{s}_present"] for s in SLOTS}
-_FIELD = {f: i for i, f in enumerate(SLOT_FIELDS)}
 _OPS_BASE = _I[f"op_{ARITH[0]}"]
 _L0 = _I["l0_extent"]
 _LOOP_W = 1 + len(KINDS)
 _WS0 = _I["l0_ws_bytes"]
+_N_PRODUCERS, _N_CONSUMERS, _N_INLINED = _I["n_producers"], _I["n_consumers"], _I["n_inlined_graph"]
+(_IS_STAGE, _N_LOOPS, _PROD_ALL, _AUTO_UNROLL, _UNROLL_EXPLICIT, _COMPUTE_AT, _PRIVATE_LOOPS, _PROD_PRIVATE,
+ _SPACE_SIZE, _REDUCE_SIZE, _N_SPACE, _N_REDUCE, _IS_INIT, _HAS_PRED, _N_READS, _IS_UPDATE, _WRITES_OUTPUT) = (
+    _I[k] for k in ("is_stage", "n_loops", "prod_all", "auto_unroll_max_step", "unroll_explicit", "compute_at_depth",
+                    "private_loops", "prod_private", "space_size", "reduce_size", "n_space_axes", "n_reduce_axes",
+                    "is_init", "has_predicate", "n_reads", "is_update", "writes_output"))
+_PROD_KINDS = [_I[f"prod_{k}"] for k in KINDS]
+_SLOT_W = len(SLOT_FIELDS)
+_W_SLOT = _SLOT_BASE["w"]
+_R_SLOTS = [_SLOT_BASE[s] for s in SLOTS[1:]]
+assert SLOT_FIELDS == ("present", "bytes", "lines", "reuse", "inner_bytes", "stride", "stride0", "contig", "local",
+                       "param")  # the order describe() fills them in
 _inline_kinds: set[int] = set()
 
 
@@ -61,6 +73,61 @@ def _func_of(obj: Any) -> Any:
     raise TypeError(f"cannot featurize a {type(obj).__name__}: give a Schedule, an IRModule or a PrimFunc")
 
 
+@dataclass(slots=True, eq=False)
+class Features:
+    """The featurizer's one result for a schedule: its node and edge features.
+
+    The networkx stage graph (``stage_graph``) and the PyG ``Data`` (``featurize``) are two views of it,
+    so the features are defined once; scoring batches many of them straight into tensors
+    (``features_to_batch``) without building either.
+
+    Attributes:
+        x: node features, float32 [N, len(NODE_FEATURES)]; row i is node i (stages ``0..S-1`` in
+            program order, then loops ``S..`` with loop granularity).
+        edges: ``(src, dst, kind, buffer)`` of each edge (``buffer`` ``None`` for nesting edges), in
+            networkx's edge order (by source node, then insertion).
+        edge_x: edge features, float32 [E, len(EDGE_FEATURES)].
+        program: the walked program (node names are read from it only when a graph is built).
+    """
+
+    x: np.ndarray
+    edges: list[tuple[int, int, str, str | None]]
+    edge_x: np.ndarray
+    program: Program
+
+    def node_kinds_names(self) -> list[tuple[str, str]]:
+        """``(kind, name)`` of every node, in node order."""
+        out = [("stage", st.name) for st in self.program.stages]
+        if self.x.shape[0] > len(out):
+            out.extend(("loop", lp.name) for lp in self.program.loops)
+        return out
+
+
+def features(sch: Any, *, granularity: str = "stage") -> Features:
+    """The node and edge features of a schedule (what ``stage_graph`` and ``featurize`` are views of).
+
+    Args:
+        sch: a ``tvm.s_tir.Schedule``, a MetaSchedule ``TuningRecord`` (its trace is replayed) or
+            ``MeasureCandidate``, or an IRModule / PrimFunc (then ``n_inlined_graph`` is 0).
+        granularity: ``"stage"`` (one node per stage) or ``"loop"`` (loop nodes too, nesting edges).
+
+    Raises:
+        FeaturizeError: on a construct the featurizer does not handle.
+    """
+    if granularity not in ("stage", "loop"):
+        raise ValueError(f"granularity must be 'stage' or 'loop', got {granularity!r}")
+    if hasattr(sch, "as_measure_candidate"):  # a TuningRecord: replay its trace
+        sch = sch.as_measure_candidate().sch
+    elif hasattr(sch, "sch") and hasattr(sch, "args_info"):  # a MeasureCandidate
+        sch = sch.sch
+    func = _func_of(sch)
+    prog = walk(func)
+    import tvm
+
+    n_inlined = _n_inlined(sch) if isinstance(sch, tvm.s_tir.Schedule) else 0
+    return _features(prog, granularity=granularity, n_inlined=n_inlined)
+
+
 def stage_graph(sch: Any, *, granularity: str = "stage") -> nx.DiGraph:
     """The stage graph of a schedule.
 
@@ -78,22 +145,10 @@ def stage_graph(sch: Any, *, granularity: str = "stage") -> nx.DiGraph:
     Raises:
         FeaturizeError: on a construct the featurizer does not handle.
     """
-    if granularity not in ("stage", "loop"):
-        raise ValueError(f"granularity must be 'stage' or 'loop', got {granularity!r}")
-    if hasattr(sch, "as_measure_candidate"):  # a TuningRecord: replay its trace
-        sch = sch.as_measure_candidate().sch
-    elif hasattr(sch, "sch") and hasattr(sch, "args_info"):  # a MeasureCandidate
-        sch = sch.sch
-    func = _func_of(sch)
-    prog = walk(func)
-    import tvm
-
-    n_inlined = _n_inlined(sch) if isinstance(sch, tvm.s_tir.Schedule) else 0
-    return _build(prog, granularity=granularity, n_inlined=n_inlined)
+    return _to_graph(features(sch, granularity=granularity))
 
 
-def _build(prog: Program, *, granularity: str, n_inlined: int) -> nx.DiGraph:
-    g = nx.DiGraph()
+def _features(prog: Program, *, granularity: str, n_inlined: int) -> Features:
     loops = prog.loops
     stages = prog.stages
     bufs = prog.buffers
@@ -123,18 +178,23 @@ def _build(prog: Program, *, granularity: str, n_inlined: int) -> nx.DiGraph:
         n_prod[r] += 1
         n_cons[w] += 1
 
+    n_nodes = len(stages) + (len(loops) if granularity == "loop" else 0)
+    xs = np.zeros((n_nodes, _NF), dtype=np.float32)
     read_bytes: dict[tuple[int, Any], float] = {}
     for st in stages:
-        x = np.zeros(_NF, dtype=np.float32)
+        x = xs[st.id]
         _stage_features(st, x, loops, bufs, read_bytes)
-        x[_I["n_producers"]] = n_prod[st.id]
-        x[_I["n_consumers"]] = n_cons[st.id]
-        x[_I["n_inlined_graph"]] = n_inlined
-        g.add_node(st.id, kind="stage", name=st.name, x=x)
+        x[_N_PRODUCERS] = n_prod[st.id]
+        x[_N_CONSUMERS] = n_cons[st.id]
+        x[_N_INLINED] = n_inlined
 
+    out_edges: list[tuple[int, int, str, str | None]] = []
+    out_x: list[np.ndarray] = []
+    seen: set[tuple[int, int]] = set()
     for w, r, buf in edges:
-        if g.has_edge(w, r):
+        if (w, r) in seen:  # one edge per producer -> consumer pair, the first buffer's
             continue
+        seen.add((w, r))
         info = bufs[buf]
         e = np.zeros(_NE, dtype=np.float32)
         e[EDGE_INDEX["is_data"]] = 1
@@ -142,19 +202,19 @@ def _build(prog: Program, *, granularity: str, n_inlined: int) -> nx.DiGraph:
         e[EDGE_INDEX["buffer_bytes"]] = _lg(math.prod(info.shape) * info.nbytes)
         e[EDGE_INDEX["shared_depth"]] = _shared(stages[w].loops, stages[r].loops)
         e[EDGE_INDEX["local"]] = float(info.local)
-        g.add_edge(w, r, kind="data", buffer=info.name, x=e)
+        out_edges.append((w, r, "data", info.name))
+        out_x.append(e)
 
     if granularity == "loop":
         base = len(stages)
         for lp in loops:
-            x = np.zeros(_NF, dtype=np.float32)
+            x = xs[base + lp.id]
             x[_I["is_loop"]] = 1
             x[_I["loop_extent"]] = _lg(lp.extent)
             x[_I[f"loop_{KINDS[lp.kind]}"]] = 1
             x[_I["loop_depth"]] = lp.depth
             x[_I["loop_unroll_step"]] = _lg(lp.unroll_step)
             x[_I["loop_stages"]] = _lg(lp.stages)
-            g.add_node(base + lp.id, kind="loop", name=lp.name, x=x)
         for parent, kids in prog.loop_children.items():
             if parent is None:
                 continue
@@ -162,8 +222,69 @@ def _build(prog: Program, *, granularity: str, n_inlined: int) -> nx.DiGraph:
                 e = np.zeros(_NE, dtype=np.float32)
                 e[EDGE_INDEX["is_nest"]] = 1
                 e[EDGE_INDEX["shared_depth"]] = loops[parent].depth + 1
-                g.add_edge(base + parent, cid if kind == "stage" else base + cid, kind="nest", x=e)
+                out_edges.append((base + parent, cid if kind == "stage" else base + cid, "nest", None))
+                out_x.append(e)
+    # networkx lists edges by source node (in node order), then in insertion order: so do we
+    order = sorted(range(len(out_edges)), key=lambda i: out_edges[i][0])
+    edge_x = np.stack([out_x[i] for i in order]) if order else np.zeros((0, _NE), dtype=np.float32)
+    return Features(x=xs, edges=[out_edges[i] for i in order], edge_x=edge_x, program=prog)
+
+
+def _to_graph(f: Features) -> nx.DiGraph:
+    """The networkx view of ``Features`` (node ``kind``/``name``/``x``, edge ``kind``/``x``/``buffer``)."""
+    g = nx.DiGraph()
+    for i, (kind, name) in enumerate(f.node_kinds_names()):
+        g.add_node(i, kind=kind, name=name, x=f.x[i].copy())
+    for (u, v, kind, buf), e in zip(f.edges, f.edge_x):
+        if kind == "data":
+            g.add_edge(u, v, kind=kind, buffer=buf, x=e.copy())
+        else:
+            g.add_edge(u, v, kind=kind, x=e.copy())
     return g
+
+
+def _to_data(f: Features) -> Any:
+    """The PyG view of ``Features``: what ``graph_to_data(stage_graph(...))`` gives, without networkx."""
+    import torch
+    from torch_geometric.data import Data
+
+    if f.edges:
+        edge_index = torch.tensor([[e[0] for e in f.edges], [e[1] for e in f.edges]], dtype=torch.long)
+    else:
+        edge_index = torch.zeros((2, 0), dtype=torch.long)
+    return Data(x=torch.from_numpy(f.x), edge_index=edge_index, edge_attr=torch.from_numpy(f.edge_x))
+
+
+def features_to_batch(feats: Sequence[Features], flops: Sequence[float]) -> Any:
+    """Many schedules' ``Features`` as one PyG ``Batch``, built straight from the arrays.
+
+    Equal to ``Batch.from_data_list`` of their ``featurize`` graphs with ``flops`` set (fields
+    ``x``, ``edge_index``, ``edge_attr``, ``flops`` [B] float32, ``batch``, ``ptr``), at a fraction of
+    its cost: what scoring a population uses.
+
+    Args:
+        feats: one ``Features`` per graph (at least one).
+        flops: FLOPs of each graph.
+    """
+    import torch
+    from torch_geometric.data import Batch
+
+    sizes = [f.x.shape[0] for f in feats]
+    offsets = np.cumsum([0, *sizes])
+    src: list[int] = []
+    dst: list[int] = []
+    for f, off in zip(feats, offsets[:-1].tolist()):
+        for e in f.edges:
+            src.append(e[0] + off)
+            dst.append(e[1] + off)
+    x = torch.from_numpy(np.concatenate([f.x for f in feats]))
+    edge_attr = torch.from_numpy(np.concatenate([f.edge_x for f in feats]))
+    edge_index = torch.tensor([src, dst], dtype=torch.long) if src else torch.zeros((2, 0), dtype=torch.long)
+    batch = torch.repeat_interleave(torch.arange(len(feats)), torch.tensor(sizes))
+    out = Batch(x=x, edge_index=edge_index, edge_attr=edge_attr, flops=torch.tensor(flops, dtype=torch.float32),
+                batch=batch, ptr=torch.from_numpy(offsets))
+    out._num_graphs = len(feats)
+    return out
 
 
 def _shared(a: list[int], b: list[int]) -> int:
@@ -177,8 +298,8 @@ def _shared(a: list[int], b: list[int]) -> int:
 
 def _stage_features(st: Any, x: np.ndarray, loops: list, bufs: dict, read_bytes: dict) -> None:
     nest = [loops[i] for i in st.loops]
-    x[_I["is_stage"]] = 1
-    x[_I["n_loops"]] = len(nest)
+    x[_IS_STAGE] = 1
+    x[_N_LOOPS] = len(nest)
     prods = [1, 1, 1, 1]
     total = 1
     step = explicit = 0
@@ -187,11 +308,11 @@ def _stage_features(st: Any, x: np.ndarray, loops: list, bufs: dict, read_bytes:
         total *= lp.extent
         step = max(step, lp.unroll_step)
         explicit = max(explicit, lp.unroll_explicit)
-    x[_I["prod_all"]] = _lg(total)
-    for k, p in zip(KINDS, prods):
-        x[_I[f"prod_{k}"]] = _lg(p)
-    x[_I["auto_unroll_max_step"]] = _lg(step)
-    x[_I["unroll_explicit"]] = explicit
+    x[_PROD_ALL] = _lg(total)
+    for i, p in zip(_PROD_KINDS, prods):
+        x[i] = _lg(p)
+    x[_AUTO_UNROLL] = _lg(step)
+    x[_UNROLL_EXPLICIT] = explicit
     depth = 0
     for lp in nest:
         if lp.stages > 1:
@@ -199,105 +320,102 @@ def _stage_features(st: Any, x: np.ndarray, loops: list, bufs: dict, read_bytes:
         else:
             break
     private = nest[depth:]
-    x[_I["compute_at_depth"]] = depth
-    x[_I["private_loops"]] = len(private)
-    x[_I["prod_private"]] = _lg(math.prod(lp.extent for lp in private))
+    x[_COMPUTE_AT] = depth
+    x[_PRIVATE_LOOPS] = len(private)
+    x[_PROD_PRIVATE] = _lg(math.prod(lp.extent for lp in private))
     for slot, lp in enumerate(reversed(nest[-LOOP_SLOTS:])):
         b = _L0 + slot * _LOOP_W
         x[b] = _lg(lp.extent)
         x[b + 1 + lp.kind] = 1
-    x[_I["space_size"]] = _lg(st.space)
-    x[_I["reduce_size"]] = _lg(st.reduce)
-    x[_I["n_space_axes"]] = st.n_space
-    x[_I["n_reduce_axes"]] = st.n_reduce
-    x[_I["is_init"]] = float(st.is_init)
-    x[_I["has_predicate"]] = float(st.predicate)
-    for i, v in enumerate(st.ops):
-        x[_OPS_BASE + i] = _lg(v * total)
+    x[_SPACE_SIZE] = _lg(st.space)
+    x[_REDUCE_SIZE] = _lg(st.reduce)
+    x[_N_SPACE] = st.n_space
+    x[_N_REDUCE] = st.n_reduce
+    x[_IS_INIT] = float(st.is_init)
+    x[_HAS_PRED] = float(st.predicate)
+    x[_OPS_BASE:_OPS_BASE + len(st.ops)] = [_lg(v * total) for v in st.ops]
 
     # ---- memory ----
-    full = {}
-    inner = {}
-    step_env: dict[int, tuple[int, int]] = {}
+    # Footprints are taken with the loops from ``level`` inward over their range and the outer ones
+    # at their first value: level 0 = the whole nest, level ``depth`` = inside the compute-at loops,
+    # levels n-1, n-2, ... = the innermost loops (working sets). Each level's environment and each
+    # access's footprint in it is computed once; levels that differ only by loops of extent 1 (the
+    # same environment) share them.
+    accs = [st.store, *st.loads]
+    infos = [bufs[acc.buf] for acc in accs]
+    n = len(nest)
+    frames = st.frames
+    canon = list(range(n + 1))  # canon[level]: the first loop from ``level`` inward with extent > 1
+    for j in range(n - 1, -1, -1):
+        if nest[j].extent == 1:
+            canon[j] = canon[j + 1]
+    closed = [(lp.var_key, (lp.min, lp.min)) for lp in nest]
+    opened = [(lp.var_key, (lp.min, lp.min + lp.extent - 1)) for lp in nest]
+    fps: dict[int, list[tuple[int, int]]] = {}
+
+    def at(level: int) -> list[tuple[int, int]]:
+        """(elements, lines) of every access with the loops from ``level`` inward over their range."""
+        level = canon[level]
+        r = fps.get(level)
+        if r is None:
+            env = dict(closed[:level])
+            env.update(opened[level:])
+            env = bind_env(frames, env)
+            r = fps[level] = [footprint(acc, info, env) for acc, info in zip(accs, infos)]
+        return r
+
     inner_loop = None
     for lp in reversed(nest):
         if lp.extent > 1:
             inner_loop = lp
             break
-    for lp in nest:
-        k = lp.var_key
-        full[k] = (lp.min, lp.min + lp.extent - 1)
-        step_env[k] = (lp.min, lp.min)
-    for lp in nest[:depth]:
-        inner[lp.var_key] = (lp.min, lp.min)
-    for lp in private:
-        inner[lp.var_key] = (lp.min, lp.min + lp.extent - 1)
-    env_full = bind_env(st.frames, full)
-    env_inner = bind_env(st.frames, inner) if depth else env_full
+    step_env = dict(closed)
     if inner_loop is not None:
         step_env[inner_loop.var_key] = (inner_loop.min, inner_loop.min + 1)
-    env_step = bind_env(st.frames, step_env)
+    env_step = bind_env(frames, step_env)
 
-    def describe(acc: Any, n_acc: int) -> tuple[float, list[float]]:
-        info = bufs[acc.buf]
-        elems, lines = footprint(acc, info, env_full)
-        ielems, _ = footprint(acc, info, env_inner)
-        stride = stride_of(acc, info, env_step)
-        vals = [0.0] * len(SLOT_FIELDS)
-        vals[_FIELD["present"]] = 1
-        vals[_FIELD["bytes"]] = _lg(elems * info.nbytes)
-        vals[_FIELD["lines"]] = _lg(lines)
-        vals[_FIELD["reuse"]] = _lg(total * n_acc / elems)
-        vals[_FIELD["inner_bytes"]] = _lg(ielems * info.nbytes)
-        vals[_FIELD["stride"]] = _lg(stride) if stride is not None else _lg(math.prod(info.shape))
-        vals[_FIELD["stride0"]] = float(stride == 0)
-        vals[_FIELD["contig"]] = float(stride == 1)
-        vals[_FIELD["local"]] = float(info.local)
-        vals[_FIELD["param"]] = float(info.param)
-        return elems * info.nbytes, vals
+    def describe(a: int, n_acc: int) -> tuple[float, list[float]]:
+        info = infos[a]
+        elems, lines = at(0)[a]
+        ielems = at(depth)[a][0]
+        stride = stride_of(accs[a], info, env_step)
+        nb = elems * info.nbytes
+        return nb, [1, _lg(nb), _lg(lines), _lg(total * n_acc / elems), _lg(ielems * info.nbytes),
+                    _lg(stride) if stride is not None else _lg(math.prod(info.shape)), float(stride == 0),
+                    float(stride == 1), float(info.local), float(info.param)]
 
-    _, wv = describe(st.store, 1)
-    x[_SLOT_BASE["w"]:_SLOT_BASE["w"] + len(SLOT_FIELDS)] = wv
+    _, wv = describe(0, 1)
+    x[_W_SLOT:_W_SLOT + _SLOT_W] = wv
     per_buf: dict[Any, tuple[float, list[float]]] = {}
     counts: dict[Any, int] = {}
     for acc in st.loads:
         counts[acc.buf] = counts.get(acc.buf, 0) + 1
-    for acc in st.loads:
-        nb, vals = describe(acc, counts[acc.buf])
-        old = per_buf.get(acc.buf)
+    for a in range(1, len(accs)):
+        buf = accs[a].buf
+        nb, vals = describe(a, counts[buf])
+        old = per_buf.get(buf)
         if old is None or nb > old[0]:
-            per_buf[acc.buf] = (nb, vals)
+            per_buf[buf] = (nb, vals)
     for buf, (nb, _) in per_buf.items():
         read_bytes[(st.id, buf)] = nb
     ranked = sorted(per_buf.values(), key=lambda t: -t[0])
-    for s, (_, vals) in zip(SLOTS[1:], ranked):
-        x[_SLOT_BASE[s]:_SLOT_BASE[s] + len(SLOT_FIELDS)] = vals
-    x[_I["n_reads"]] = len(per_buf)
-    _working_sets(st, x, nest, bufs)
-    x[_I["is_update"]] = float(st.store.buf in per_buf)
-    x[_I["writes_output"]] = float(bufs[st.store.buf].param)
+    for base, (_, vals) in zip(_R_SLOTS, ranked):
+        x[base:base + _SLOT_W] = vals
+    x[_N_READS] = len(per_buf)
 
-
-def _working_sets(st: Any, x: np.ndarray, nest: list, bufs: dict) -> None:
-    """``l{i}_ws_bytes`` / ``l{i}_ws_lines``: footprint of one run of each innermost loop level."""
-    accs = [st.store, *st.loads]
-    n = len(nest)
+    # working sets: l{i}_ws_bytes / l{i}_ws_lines, footprint of one run of each innermost loop level
+    # (all buffers, the largest access per buffer)
     for slot in range(min(LOOP_SLOTS, n)):
-        level = n - 1 - slot
-        env = {}
-        for j, lp in enumerate(nest):
-            env[lp.var_key] = (lp.min, lp.min + lp.extent - 1) if j >= level else (lp.min, lp.min)
-        env = bind_env(st.frames, env)
         per: dict[Any, tuple[int, int]] = {}
-        for acc in accs:
-            info = bufs[acc.buf]
-            elems, lines = footprint(acc, info, env)
+        for acc, info, (elems, lines) in zip(accs, infos, at(n - 1 - slot)):
             nb = elems * info.nbytes
             old = per.get(acc.buf)
             if old is None or nb > old[0]:
                 per[acc.buf] = (nb, lines)
         x[_WS0 + 2 * slot] = _lg(sum(v[0] for v in per.values()))
         x[_WS0 + 2 * slot + 1] = _lg(sum(v[1] for v in per.values()))
+    x[_IS_UPDATE] = float(st.store.buf in per_buf)
+    x[_WRITES_OUTPUT] = float(bufs[st.store.buf].param)
 
 
 def graph_to_data(g: nx.DiGraph) -> Any:
@@ -328,8 +446,21 @@ def graph_to_data(g: nx.DiGraph) -> Any:
 
 
 def featurize(sch: Any, *, granularity: str = "stage") -> Any:
-    """``graph_to_data(stage_graph(sch))``: a schedule as a PyG ``Data``."""
-    return graph_to_data(stage_graph(sch, granularity=granularity))
+    """A schedule as a PyG ``Data``: equal to ``graph_to_data(stage_graph(sch))``, without networkx."""
+    return _to_data(features(sch, granularity=granularity))
+
+
+def features_many(schs: Iterable[Any], *, granularity: str = "stage", errors: str = "raise") -> list[Features | None]:
+    """``features`` of many schedules; ``errors="none"``: a schedule that fails gives ``None`` in its place."""
+    out: list[Features | None] = []
+    for s in schs:
+        try:
+            out.append(features(s, granularity=granularity))
+        except FeaturizeError:
+            if errors == "raise":
+                raise
+            out.append(None)
+    return out
 
 
 def featurize_many(schs: Iterable[Any], *, granularity: str = "stage", errors: str = "raise") -> list[Any]:
@@ -340,15 +471,8 @@ def featurize_many(schs: Iterable[Any], *, granularity: str = "stage", errors: s
         granularity: see :func:`stage_graph`.
         errors: ``"raise"`` (default) or ``"none"``: a schedule that fails gives ``None`` in its place.
     """
-    out = []
-    for s in schs:
-        try:
-            out.append(featurize(s, granularity=granularity))
-        except FeaturizeError:
-            if errors == "raise":
-                raise
-            out.append(None)
-    return out
+    return [None if f is None else _to_data(f) for f in features_many(schs, granularity=granularity, errors=errors)]
 
 
-__all__: Sequence[str] = ["stage_graph", "graph_to_data", "featurize", "featurize_many", "FeaturizeError"]
+__all__: Sequence[str] = ["Features", "features", "features_many", "features_to_batch", "stage_graph", "graph_to_data",
+                          "featurize", "featurize_many", "FeaturizeError"]
