@@ -210,12 +210,8 @@ class Predictor:
         """
         from perfmodel.featurize import featurize_many
 
+        fl = self._flops(schs, flops)
         datas = featurize_many(schs, granularity=self.granularity, errors="none")
-        if flops is None:
-            flops = flops_of(schs[0]) if len(schs) else 0.0
-        fl = [float(flops)] * len(datas) if np.isscalar(flops) else [float(f) for f in flops]
-        if len(fl) != len(datas):
-            raise ValueError(f"featurize: {len(fl)} flops values for {len(datas)} schedules")
         for d, f in zip(datas, fl):
             if d is not None:
                 d.flops = torch.tensor([f], dtype=torch.float32)
@@ -225,23 +221,55 @@ class Predictor:
                           batch_size: int = 1024) -> np.ndarray:
         """Predicted log seconds of schedules, shape [N]; one that cannot be featurized gets ``+inf``.
 
+        Equal to ``predict_data(featurize(schs, flops=flops))``, but the features go straight into
+        one batch per ``batch_size`` schedules (no per-graph ``Data``): the scoring path of tuning.
         A featurizer that raises on the batch is retried schedule by schedule, so one bad schedule
         does not cost the others their prediction.
         """
+        if len(schs) == 0:
+            return np.zeros(0)
+        fl = self._flops(schs, flops)
         try:
-            datas = self.featurize(schs, flops=flops)
+            feats = self.features(schs)
         except Exception:  # noqa: BLE001  a featurizer bug on one schedule: isolate it
-            fl = [flops] * len(schs) if flops is None or np.isscalar(flops) else list(flops)
-            datas = [self._featurize_one(s, f) for s, f in zip(schs, fl)]
-        ok = [i for i, d in enumerate(datas) if d is not None]
-        out = np.full(len(datas), np.inf)
+            feats = [self._features_one(s) for s in schs]
+        ok = [i for i, f in enumerate(feats) if f is not None]
+        out = np.full(len(schs), np.inf)
         if ok:
-            out[ok] = self.predict_data([datas[i] for i in ok], batch_size=batch_size)
+            out[ok] = self.predict_features([feats[i] for i in ok], [fl[i] for i in ok], batch_size=batch_size)
         return out
 
-    def _featurize_one(self, sch: Any, flops: Any) -> Any:
+    def predict_features(self, feats: Sequence[Any], flops: Sequence[float], *, batch_size: int = 1024) -> np.ndarray:
+        """Predicted log seconds of ``perfmodel.featurize.Features`` with their FLOPs, shape [N] float64."""
+        from perfmodel.featurize import features_to_batch
+
+        self.model.eval()
+        outs = []
+        with torch.inference_mode():
+            for i in range(0, len(feats), batch_size):
+                b = self._prepare(features_to_batch(feats[i:i + batch_size], flops[i:i + batch_size]))
+                outs.append(self.model(b).double().cpu())
+        return torch.cat(outs).numpy()
+
+    def _flops(self, schs: Sequence[Any], flops: float | Sequence[float] | None) -> list[float]:
+        """One FLOPs value per schedule (default: TVM's estimate of the first schedule's module)."""
+        if flops is None:
+            flops = flops_of(schs[0]) if len(schs) else 0.0
+        fl = [float(flops)] * len(schs) if np.isscalar(flops) else [float(f) for f in flops]
+        if len(fl) != len(schs):
+            raise ValueError(f"featurize: {len(fl)} flops values for {len(schs)} schedules")
+        return fl
+
+    def features(self, schs: Sequence[Any]) -> list[Any]:
+        """Schedules -> ``perfmodel.featurize.Features`` (``None`` for one the featurizer does not handle):
+        what ``predict_schedules`` featurizes."""
+        from perfmodel.featurize import features_many
+
+        return features_many(schs, granularity=self.granularity, errors="none")
+
+    def _features_one(self, sch: Any) -> Any:
         try:
-            return self.featurize([sch], flops=flops)[0]
+            return self.features([sch])[0]
         except Exception:  # noqa: BLE001
             return None
 

@@ -140,6 +140,39 @@ def test_predict_schedules_of_a_real_task(target) -> None:
     assert np.allclose(out, p.predict_schedules(schs, flops=2 * 64**3), atol=1e-4)
 
 
+def test_predict_schedules_scores_exactly_the_featurized_graphs(target) -> None:
+    """The scoring path (features straight into one normalized batch, issue #11 item 5) predicts what
+    ``predict_data`` predicts on ``featurize``'s graphs, bit for bit; an unfeaturizable schedule gets +inf."""
+    import tvm
+    from tvm.script import tirx as T
+
+    from perfmodel.collect.sampler import TaskSpace
+    from perfmodel.data import FeatureNorm
+    from conftest import matmul_mod
+
+    @T.prim_func(s_tir=True)
+    def dynamic(a: T.handle, b: T.handle):
+        n = T.int32()
+        A = T.match_buffer(a, (n,), "float32")
+        B = T.match_buffer(b, (n,), "float32")
+        for i in range(n):
+            with T.sblock("copy"):
+                vi = T.axis.spatial(n, i)
+                B[vi] = A[vi]
+
+    space = TaskSpace(mod=matmul_mod(), target=target)
+    schs = [s for _, s in zip(range(6), (s for _, s in space.random_stream()))]
+    p = _predictor(in_dim=len(NODE_FEATURES), edge_dim=len(EDGE_FEATURES))
+    datas = p.featurize(schs, flops=2 * 64**3)
+    p.norm = FeatureNorm.fit(datas)
+    want = p.predict_data(datas)
+    assert np.array_equal(p.predict_schedules(schs, flops=2 * 64**3), want)
+    out = p.predict_schedules([schs[0], tvm.s_tir.Schedule(dynamic), *schs[1:]], flops=2 * 64**3)
+    assert out[1] == np.inf and np.array_equal(np.delete(out, 1), want)
+    with pytest.raises(ValueError, match="flops"):
+        p.predict_schedules(schs, flops=[1.0, 2.0])
+
+
 def test_ensemble_predicts_the_members_mean_and_round_trips(tmp_path: Path) -> None:
     a = _predictor()
     torch.manual_seed(1)
