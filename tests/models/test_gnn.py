@@ -61,6 +61,26 @@ def test_flops_enter_the_prediction(batch: Batch) -> None:
     assert not torch.allclose(model(batch), model(other))
 
 
+@pytest.mark.parametrize("edge_dim", [3, 0])
+def test_gine_inference_with_composed_edge_maps_equals_pyg_gineconv(edge_dim: int, batch: Batch) -> None:
+    """Eval mode composes each layer's edge projection with the edge embedding: the same function as
+    PyG's GINEConv (what training runs), up to float rounding; training mode runs GINEConv itself."""
+    torch.manual_seed(1)
+    model = build_model({"name": "gin", "in_dim": 5, "edge_dim": edge_dim, "hidden": 8, "num_layers": 3})
+    for conv in model.convs:  # non-trivial eps and biases
+        conv.eps.data.fill_(0.3)
+    model.eval()
+    fused = model(batch)
+    model.fuse_edges = False
+    plain = model(batch)
+    assert torch.allclose(fused, plain, atol=1e-5, rtol=1e-5)
+    model.fuse_edges = True
+    model.train()  # no dropout here: training mode is the same function, through GINEConv
+    assert not model._fused() and torch.allclose(model(batch), plain, atol=1e-6)
+    model(batch).sum().backward()
+    assert all(c.lin.weight.grad is not None for c in model.convs) if edge_dim else True
+
+
 def test_unknown_model_and_readout() -> None:
     with pytest.raises(ValueError, match="unknown model 'mlp'"):
         build_model({"name": "mlp", "in_dim": 5})
