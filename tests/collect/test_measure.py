@@ -199,3 +199,23 @@ def test_the_reference_gate_keeps_only_fast_phase_timings(native, items) -> None
         res = m.measure(items[:2])
     assert not any(r.ok for r in res)
     assert all("no timing" in r.error for r in res), [r.error for r in res]
+
+
+def test_a_built_library_computes_what_its_kernel_says(native, tmp_path: Path) -> None:
+    """build() links with ld alone: a kernel calling libm's exp still loads and computes softmax right."""
+    import numpy as np
+    import tvm
+    from tvm import te, topi
+
+    from perfmodel.collect.measure import build
+
+    x = te.placeholder((4, 64), name="X")
+    y = topi.nn.softmax(x)
+    path = build(tvm.IRModule({"main": te.create_prim_func([x, y])}), native, str(tmp_path / "libs"))
+    assert path.endswith(".so")
+    lib = tvm.runtime.load_module(path)
+    a = np.random.default_rng(0).standard_normal((4, 64)).astype("float32")
+    out = tvm.runtime.tensor(np.zeros((4, 64), "float32"))
+    lib[lib.entry_name](tvm.runtime.tensor(a), out)
+    want = np.exp(a - a.max(1, keepdims=True))
+    np.testing.assert_allclose(out.numpy(), want / want.sum(1, keepdims=True), rtol=1e-5, atol=1e-6)
