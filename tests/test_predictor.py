@@ -173,6 +173,42 @@ def test_predict_schedules_scores_exactly_the_featurized_graphs(target) -> None:
         p.predict_schedules(schs, flops=[1.0, 2.0])
 
 
+def test_feature_cache_reuses_the_features_of_the_same_schedule_objects(target) -> None:
+    import tvm
+    from tvm.script import tirx as T
+
+    from perfmodel.collect.sampler import TaskSpace
+    from perfmodel.predictor import FeatureCache
+    from conftest import matmul_mod
+
+    @T.prim_func(s_tir=True)
+    def dynamic(a: T.handle, b: T.handle):
+        n = T.int32()
+        A = T.match_buffer(a, (n,), "float32")
+        B = T.match_buffer(b, (n,), "float32")
+        for i in range(n):
+            with T.sblock("copy"):
+                vi = T.axis.spatial(n, i)
+                B[vi] = A[vi]
+
+    space = TaskSpace(mod=matmul_mod(), target=target)
+    schs = [s for _, s in zip(range(5), (s for _, s in space.random_stream()))]
+    schs.append(tvm.s_tir.Schedule(dynamic))
+    p = _predictor(in_dim=len(NODE_FEATURES), edge_dim=len(EDGE_FEATURES))
+    population = schs + schs[:2]  # the search hands in some schedule objects twice
+    want = p.predict_schedules(population, flops=1e6)
+    cache = FeatureCache(size=16)
+    assert np.array_equal(p.predict_schedules(population, flops=1e6, cache=cache), want)
+    assert (cache.hits, cache.misses, len(cache)) == (2, 6, 6)  # each object featurized once
+    assert np.array_equal(p.predict_schedules(population, flops=1e6, cache=cache), want)  # every one a hit,
+    assert cache.hits == 2 + 8 and want[5] == np.inf  # the unfeaturizable one too (cached as None)
+    twin = schs[0].copy()  # equal content, another object: featurized again
+    assert cache.get(twin) is FeatureCache.MISS
+    small = FeatureCache(size=2)
+    p.predict_schedules(schs, flops=1e6, cache=small)
+    assert len(small) == 2 and small.get(schs[-1]) is None and small.get(schs[0]) is FeatureCache.MISS
+
+
 def test_ensemble_predicts_the_members_mean_and_round_trips(tmp_path: Path) -> None:
     a = _predictor()
     torch.manual_seed(1)

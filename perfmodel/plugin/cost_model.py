@@ -13,7 +13,7 @@ from tvm.ir.utils import derived_object
 from perfmodel._tvm import load_ms
 from perfmodel.collect.database import FAILED
 from perfmodel.collect.measure import label_secs
-from perfmodel.predictor import DEFAULT_CHECKPOINT, MeasuredBuffer, Predictor, flops_of, load_predictor
+from perfmodel.predictor import DEFAULT_CHECKPOINT, FeatureCache, MeasuredBuffer, Predictor, flops_of, load_predictor
 from perfmodel.plugin.timed import CostModelStats, TimedCostModel
 
 ms = load_ms()
@@ -34,7 +34,8 @@ class GNNCostModel(ms.cost_model.PyCostModel):
     (``make_cost_model("gnn")``) turns it into a fallback score and counts it. ``update`` keeps the
     measured candidates in a :class:`~perfmodel.predictor.MeasuredBuffer` and fine-tunes on them
     every ``update_every`` calls (unless ``frozen``). Scoring for another target than the
-    checkpoint's logs one warning and counts ``stats.target_mismatch``.
+    checkpoint's logs one warning and counts ``stats.target_mismatch``. Candidates the search hands
+    in again (the same schedule objects) reuse their features (a :class:`~perfmodel.predictor.FeatureCache`).
 
     Args:
         path: checkpoint to load; default the shipped ``perfmodel/pretrained/gnn.ckpt``.
@@ -46,11 +47,14 @@ class GNNCostModel(ms.cost_model.PyCostModel):
         history: keep at most this many measured candidates (the newest) for fine-tuning.
         batch_size: graphs per inference batch.
         threads: torch CPU threads (``None``: leave torch's setting).
+        feature_cache: schedules whose features are kept for when the search hands them in again
+            (two populations of TVM's default 512; about 125 KB each with their schedule; 0: none).
     """
 
     def __init__(self, *, path: str | Path | None = None, predictor: Predictor | None = None,
                  frozen: bool = False, update_every: int = 1, steps: int = 20, lr: float = 1e-4,
-                 history: int = 4096, batch_size: int = 1024, threads: int | None = None) -> None:
+                 history: int = 4096, batch_size: int = 1024, threads: int | None = None,
+                 feature_cache: int = 1024) -> None:
         super().__init__()
         if threads:
             import torch
@@ -60,6 +64,7 @@ class GNNCostModel(ms.cost_model.PyCostModel):
         self.steps, self.lr, self.batch_size = int(steps), float(lr), int(batch_size)
         self.stats = CostModelStats()  # its own counters here; TimedCostModel fills the rest of the same object
         self.buffer = MeasuredBuffer(history=history)
+        self.features = FeatureCache(size=feature_cache)
         self.path: str | None = None
         self.predictor: Predictor
         if predictor is None:
@@ -83,6 +88,7 @@ class GNNCostModel(ms.cost_model.PyCostModel):
         """Loads a checkpoint (of ``train`` or ``save``); checks that it fits the featurizer."""
         self.predictor = load_predictor(path)
         self.path = str(path)
+        self.features = FeatureCache(size=self.features.size)  # features of another checkpoint's granularity
 
     def save(self, path: str) -> None:
         """Writes the (possibly fine-tuned) network and its metadata; ``load`` reads it back."""
@@ -95,8 +101,9 @@ class GNNCostModel(ms.cost_model.PyCostModel):
             if not self.stats.target_mismatch:
                 log.warning("GNNCostModel: %s", task["mismatch"])
             self.stats.target_mismatch += 1
+        cache = self.features if self.features.size else None
         log_t = self.predictor.predict_schedules([c.sch for c in candidates], flops=task["flops"],
-                                                 batch_size=self.batch_size)
+                                                 batch_size=self.batch_size, cache=cache)
         with np.errstate(invalid="ignore"):
             return np.where(np.isfinite(log_t), np.exp(np.clip(task["ref"] - log_t, -_MAX_EXP, _MAX_EXP)), np.nan)
 

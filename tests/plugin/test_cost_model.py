@@ -84,6 +84,16 @@ def test_predict_float64_one_score_per_candidate(gnn_ckpt: Path, space, candidat
     assert model.inner.stats is model.stats  # one set of counters (what `perfmodel tune` reports as "gnn")
 
 
+def test_candidates_handed_in_again_reuse_their_features(gnn_ckpt: Path, space, candidates: list) -> None:
+    model = GNNCostModel.from_checkpoint(gnn_ckpt)
+    first = model.predict(space.ctx, candidates)
+    again = model.predict(space.ctx, candidates[:8] + candidates[:8])  # the same schedule objects
+    assert np.allclose(again, np.concatenate([first[:8], first[:8]]), rtol=1e-5)
+    assert (model.features.misses, model.features.hits) == (16, 16)
+    off = GNNCostModel.from_checkpoint(gnn_ckpt, feature_cache=0)
+    assert np.allclose(off.predict(space.ctx, candidates), first, rtol=1e-5) and off.features.misses == 0
+
+
 def test_higher_score_is_lower_predicted_time(gnn_ckpt: Path, space, candidates: list) -> None:
     model = GNNCostModel.from_checkpoint(gnn_ckpt)
     scores = model.predict(space.ctx, candidates)
