@@ -57,6 +57,7 @@ TASKS = ["GRP-3", "SFM-3", "TBG-3", "mobilenetv2-b8/fused_conv2d14_subtract9_div
          "CAP-1", "NRM-3", "DIL-3", "resnet18-b8/fused_matmul_add13"]
 QUICK_TASKS = ["GRP-3", "TBG-3", "resnet18-b8/fused_matmul_add13"]  # their bad candidates are still fast to time
 MODELS = ["gnn", "xgb", "random"]
+EXPLORE = "gnn-explore"  # also in --models: the GNN scoring with exploration from doubt (gnn.explore=--explore)
 TARGET_SAVED = 4.0
 REACH_TOL = 0.01  # "reached XGB's final best": within 1% of it (re-timing the same schedule differs by ~1-4%)
 SUMMARY = "summary.json"  # written last by a finished run: its presence alone marks the run done
@@ -187,16 +188,18 @@ def task_report(label: str, runs: dict[tuple[str, int], dict], trials: int) -> d
         rep["tune_s"][key] = r.get("tune_s")
         if all_failed(r):
             rep["failed"].append(key)
-    rep["gnn_vs_xgb"] = {}
-    for (m, s), r in ok.items():
-        if m == "gnn" and ("xgb", s) in ok:
-            cmp = compare(r, ok[("xgb", s)])
-            if cmp is not None:
-                rep["gnn_vs_xgb"][str(s)] = cmp
+    for gnn, key in (("gnn", "gnn_vs_xgb"), (EXPLORE, "explore_vs_xgb")):
+        rep[key] = {}
+        for (m, s), r in ok.items():
+            if m == gnn and ("xgb", s) in ok:
+                cmp = compare(r, ok[("xgb", s)])
+                if cmp is not None:
+                    rep[key][str(s)] = cmp
     rep["cost_model_share"] = {m: _mean([r["cost_model_share"] for (mm, _), r in ok.items()
                                          if mm == m and r.get("cost_model_share") is not None])
                                for m in sorted({m for m, _ in ok})}
-    rep["gnn_fallback"] = sum(int((r.get("gnn") or {}).get("fallback", 0)) for (m, _), r in ok.items() if m == "gnn")
+    rep["gnn_fallback"] = sum(int((r.get("gnn") or {}).get("fallback", 0)) for (m, _), r in ok.items()
+                              if m in ("gnn", EXPLORE))
     rep["seconds_marks"] = ts
     return rep
 
@@ -243,6 +246,13 @@ def scoring_throughput(task: str, runs: list[dict], checkpoint: str | None, *, m
     return out
 
 
+def model_overrides(model: str, explore: float) -> list[str]:
+    """The conf/tune.yaml overrides that make ``model`` (a --models entry) the run's cost model."""
+    if model == EXPLORE:
+        return ["cost_model=gnn", f"gnn.explore={explore}"]
+    return [f"cost_model={model}"]
+
+
 def common_overrides(args: argparse.Namespace) -> list[str]:
     """Overrides of conf/tune.yaml shared by every run of this benchmark."""
     ov = [f"trials_per_iter={args.per_iter}", f"population={args.population}", "plot=false"]
@@ -272,6 +282,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--population", type=int, default=None, help="evolutionary population (default 512, quick 256)")
     ap.add_argument("--checkpoint", default=None, help="GNN checkpoint (default: the shipped one)")
     ap.add_argument("--frozen", action="store_true", help="no online fine-tuning of the GNN")
+    ap.add_argument("--explore", type=float, default=1.0,
+                    help=f"gnn.explore of the {EXPLORE} model (score mean - explore * std of the members)")
     ap.add_argument("--run-timeout", type=float, default=None,
                     help="seconds a candidate's timing round may take before it counts as failed "
                          "(default: the protocol's, 20; quick 5)")
@@ -293,7 +305,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from perfmodel.plugin.cost_model import load_predictor
     from perfmodel.plugin.search import plot_curves
 
-    if "gnn" in models:
+    if {"gnn", EXPLORE} & set(models):
         load_predictor(args.checkpoint or DEFAULT_CHECKPOINT)  # a bad checkpoint fails before any tuning
     seen = [t for t in tasks if t in set(_train_tasks())]
     if seen:
@@ -310,7 +322,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for model in models:
                 wd = run_dir(out_dir, task, model, seed)
                 print(f"\n=== {task}: {model}, seed {seed}, {args.trials} trials", flush=True)
-                runs[(model, seed)] = r = run_one(wd, [f"task={task}", f"cost_model={model}", f"trials={args.trials}",
+                runs[(model, seed)] = r = run_one(wd, [f"task={task}", *model_overrides(model, args.explore), f"trials={args.trials}",
                                                       f"seed={seed}", *common])
                 all_runs[(task, model, seed)] = r
                 _print_run(task, model, seed, r)
@@ -337,7 +349,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             wd = run_dir(out_dir, label, model, seeds[0])
             print(f"\n=== {label}: {model}, seed {seeds[0]}, {args.network_trials} trials over its tasks", flush=True)
             runs[(model, seeds[0])] = r = run_one(wd, [f"network={network}", f"batch={args.network_batch}",
-                                                       f"cost_model={model}", f"trials={args.network_trials}",
+                                                       *model_overrides(model, args.explore),
+                                                       f"trials={args.network_trials}",
                                                        f"seed={seeds[0]}", *common])
             all_runs[(label, model, seeds[0])] = r
             _print_run(label, model, seeds[0], r)
@@ -354,6 +367,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         _print_network(net_rep)
 
     cmps = [c for rep in per_task.values() for c in rep["gnn_vs_xgb"].values()]
+    explore_cmps = [c for rep in per_task.values() for c in rep["explore_vs_xgb"].values()]
     res = {
         "trials_saved_vs_xgb": _median([c["trials_saved"] for c in cmps]),
         "seconds_saved_vs_xgb": _median([c["seconds_saved"] for c in cmps if c["seconds_saved"] is not None]),
@@ -366,6 +380,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "predict_per_s_xgb": round(_gmean(thr["xgb"]) or 0.0, 1),
         "gnn_fallback": sum(rep["gnn_fallback"] for rep in per_task.values()) + net_rep.get("gnn_fallback", 0),
         "compared": len(cmps),
+        **({"explore": args.explore,
+            "explore_trials_saved_vs_xgb": _median([c["trials_saved"] for c in explore_cmps]),
+            "explore_seconds_saved_vs_xgb": _median([c["seconds_saved"] for c in explore_cmps
+                                                     if c["seconds_saved"] is not None]),
+            "explore_final_best_ratio_vs_xgb": _gmean([c["final_ratio"] for c in explore_cmps
+                                                       if c["final_ratio"] is not None])}
+           if EXPLORE in models else {}),
         "failed_runs": [f"{t} {m}-s{s}" for (t, m, s), r in all_runs.items() if "error" not in r and all_failed(r)],
         "errors": {f"{t} {m}-s{s}": r["error"] for (t, m, s), r in all_runs.items() if "error" in r},
         "resumed_runs": sum(1 for r in all_runs.values() if r.get("resumed")),
@@ -410,15 +431,16 @@ def _print_task(task: str, rep: dict) -> None:
         print(f"{'run':10s}" + "".join(f"{c + unit:>10s}" for c in cols))
         for key, row in table.items():
             print(f"{key:10s}" + "".join(f"{'-' if row[c] is None else f'{row[c] * 1e3:.4f}':>10s}" for c in cols))
-    for seed, c in rep["gnn_vs_xgb"].items():
+    for seed, c, who in [(s, c, "GNN") for s, c in rep["gnn_vs_xgb"].items()] + \
+            [(s, c, "GNN-explore") for s, c in rep.get("explore_vs_xgb", {}).items()]:
         g = c["gnn_trials_to_xgb_final"]
         g_final = "-" if c["gnn_final_s"] is None else f"{c['gnn_final_s'] * 1e3:.4f} ms"
         ratio = "-" if c["final_ratio"] is None else f"{c['final_ratio']:.3f}"
         print(f"seed {seed}: XGB's final best {c['xgb_final_s'] * 1e3:.4f} ms after {c['xgb_trials_to_final']} trials / "
-              f"{_s(c['xgb_seconds_to_final'])}; GNN "
+              f"{_s(c['xgb_seconds_to_final'])}; {who} "
               + (f"reached it after {g} trials / {_s(c['gnn_seconds_to_xgb_final'])}" if g
                  else "never reached it (counted as its whole budget)")
-              + f": {c['trials_saved']:.2f}x trials, {c['seconds_saved'] or 0:.2f}x seconds; GNN final best "
+              + f": {c['trials_saved']:.2f}x trials, {c['seconds_saved'] or 0:.2f}x seconds; {who} final best "
               f"{g_final} ({ratio}x XGB's)")
     print("cost model share: " + ", ".join(f"{m} {100 * v:.1f}%" for m, v in rep["cost_model_share"].items() if v is not None)
           + f"; GNN fallback scores: {rep['gnn_fallback']}"

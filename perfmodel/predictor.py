@@ -219,14 +219,15 @@ class Predictor:
         return datas
 
     def predict_schedules(self, schs: Sequence[Any], *, flops: float | Sequence[float] | None = None,
-                          batch_size: int = 1024, cache: FeatureCache | None = None) -> np.ndarray:
+                          batch_size: int = 1024, cache: FeatureCache | None = None,
+                          explore: float = 0.0) -> np.ndarray:
         """Predicted log seconds of schedules, shape [N]; one that cannot be featurized gets ``+inf``.
 
         Equal to ``predict_data(featurize(schs, flops=flops))``, but the features go straight into
         one batch per ``batch_size`` schedules (no per-graph ``Data``): the scoring path of tuning.
         A featurizer that raises on the batch is retried schedule by schedule, so one bad schedule
         does not cost the others their prediction. With ``cache``, schedule objects seen before
-        (see :class:`FeatureCache`) are not featurized again.
+        (see :class:`FeatureCache`) are not featurized again; ``explore``: see :meth:`predict_features`.
         """
         if len(schs) == 0:
             return np.zeros(0)
@@ -248,19 +249,30 @@ class Predictor:
         ok = [i for i, f in enumerate(feats) if f is not None]
         out = np.full(len(schs), np.inf)
         if ok:
-            out[ok] = self.predict_features([feats[i] for i in ok], [fl[i] for i in ok], batch_size=batch_size)
+            out[ok] = self.predict_features([feats[i] for i in ok], [fl[i] for i in ok], batch_size=batch_size,
+                                            explore=explore)
         return out
 
-    def predict_features(self, feats: Sequence[Any], flops: Sequence[float], *, batch_size: int = 1024) -> np.ndarray:
-        """Predicted log seconds of ``perfmodel.featurize.Features`` with their FLOPs, shape [N] float64."""
+    def predict_features(self, feats: Sequence[Any], flops: Sequence[float], *, batch_size: int = 1024,
+                         explore: float = 0.0) -> np.ndarray:
+        """Predicted log seconds of ``perfmodel.featurize.Features`` with their FLOPs, shape [N] float64.
+
+        With ``explore`` > 0 and an ensemble: the optimistic log time ``mean - explore * std`` over the
+        members (a lower confidence bound on the time: candidates the members disagree on look faster).
+        """
         from perfmodel.featurize import features_to_batch
 
         self.model.eval()
+        spread = explore > 0 and hasattr(self.model, "member_outputs")
         outs = []
         with torch.inference_mode():
             for i in range(0, len(feats), batch_size):
                 b = self._prepare(features_to_batch(feats[i:i + batch_size], flops[i:i + batch_size]))
-                outs.append(self.model(b).double().cpu())
+                if spread:
+                    m = self.model.member_outputs(b).double()
+                    outs.append((m.mean(0) - explore * m.std(0, unbiased=False)).cpu())
+                else:
+                    outs.append(self.model(b).double().cpu())
         return torch.cat(outs).numpy()
 
     def _flops(self, schs: Sequence[Any], flops: float | Sequence[float] | None) -> list[float]:

@@ -105,3 +105,15 @@ def test_resume_skips_done_runs_and_redoes_unfinished_ones(bench, tmp_path: Path
     assert len(Database.open(gnn_dir).records) == 4  # started clean: 4 new records, not 4 old + 4
     assert json.loads((gnn_dir / "summary.json").read_text())["trials"] == 4
     assert res2["tasks"]["GMM-0"]["final_best_s"]["xgb-s1"] == rep["final_best_s"]["xgb-s1"]
+
+
+def test_the_exploring_gnn_is_compared_with_xgb_on_its_own(bench) -> None:
+    """--models gnn-explore: its own run (cost_model=gnn, gnn.explore=w) and its own comparison with XGB."""
+    assert bench.model_overrides("gnn-explore", 0.5) == ["cost_model=gnn", "gnn.explore=0.5"]
+    assert bench.model_overrides("xgb", 0.5) == ["cost_model=xgb"]
+    runs = {("gnn", 1): _run([4.0, 2.0], [30, 70]), ("gnn-explore", 1): _run([3.0, 1.0], [30, 70]),
+            ("xgb", 1): _run([5.0, 2.0], [20, 40])}
+    rep = bench.task_report("T", runs, 2)
+    assert rep["gnn_vs_xgb"]["1"]["final_ratio"] == 1.0
+    assert rep["explore_vs_xgb"]["1"]["final_ratio"] == 0.5
+    assert rep["explore_vs_xgb"]["1"]["gnn_trials_to_xgb_final"] == 2

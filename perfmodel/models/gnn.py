@@ -334,7 +334,11 @@ class Ensemble(nn.Module):
 
     def forward(self, data: Any) -> Tensor:
         """Mean over members of the predicted log seconds [B]."""
-        return torch.stack([m(data) for m in self.members]).mean(0)
+        return self.member_outputs(data).mean(0)
+
+    def member_outputs(self, data: Any) -> Tensor:
+        """Each member's predicted log seconds [M, B]: their spread is the ensemble's doubt."""
+        return torch.stack([m(data) for m in self.members])
 
 
 def build_model(config: dict[str, Any]) -> nn.Module:

@@ -49,12 +49,15 @@ class GNNCostModel(ms.cost_model.PyCostModel):
         threads: torch CPU threads (``None``: leave torch's setting).
         feature_cache: schedules whose features are kept for when the search hands them in again
             (two populations of TVM's default 512; about 125 KB each with their schedule; 0: none).
+        explore: exploration from doubt: score ``mean - explore * std`` of the ensemble members'
+            log times (0: the plain mean; a single model has no spread). Default off until
+            bench_tune shows it reaching XGB's best sooner (``--models gnn,gnn-explore,...``).
     """
 
     def __init__(self, *, path: str | Path | None = None, predictor: Predictor | None = None,
                  frozen: bool = False, update_every: int = 1, steps: int = 20, lr: float = 1e-4,
                  history: int = 4096, batch_size: int = 1024, threads: int | None = None,
-                 feature_cache: int = 1024) -> None:
+                 feature_cache: int = 1024, explore: float = 0.0) -> None:
         super().__init__()
         if threads:
             import torch
@@ -62,6 +65,7 @@ class GNNCostModel(ms.cost_model.PyCostModel):
             torch.set_num_threads(int(threads))
         self.frozen, self.update_every = frozen, max(1, int(update_every))
         self.steps, self.lr, self.batch_size = int(steps), float(lr), int(batch_size)
+        self.explore = float(explore)
         self.stats = CostModelStats()  # its own counters here; TimedCostModel fills the rest of the same object
         self.buffer = MeasuredBuffer(history=history)
         self.features = FeatureCache(size=feature_cache)
@@ -103,7 +107,7 @@ class GNNCostModel(ms.cost_model.PyCostModel):
             self.stats.target_mismatch += 1
         cache = self.features if self.features.size else None
         log_t = self.predictor.predict_schedules([c.sch for c in candidates], flops=task["flops"],
-                                                 batch_size=self.batch_size, cache=cache)
+                                                 batch_size=self.batch_size, cache=cache, explore=self.explore)
         with np.errstate(invalid="ignore"):
             return np.where(np.isfinite(log_t), np.exp(np.clip(task["ref"] - log_t, -_MAX_EXP, _MAX_EXP)), np.nan)
 

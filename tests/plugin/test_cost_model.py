@@ -270,3 +270,21 @@ def test_tune_tir_with_the_gnn(gnn_ckpt: Path, target, tmp_path: Path) -> None:
     assert model.stats.fine_tune_steps >= 5
     best = db.query_schedule(matmul_mod(), target=target, workload_name="main")
     assert best is not None
+
+
+def test_exploration_scores_the_members_lower_confidence_bound(space, candidates: list, tmp_path: Path) -> None:
+    """gnn.explore=w on an ensemble: log time mean - w * std over members; doubt raises a score, never lowers it."""
+    members = [Predictor.from_checkpoint(make_checkpoint(tmp_path / f"m{i}.ckpt", seed=i)) for i in range(3)]
+    ens = Predictor.ensemble(members)
+    schs = [c.sch for c in candidates]
+    each = np.stack([m.predict_schedules(schs, flops=2 * 64**3) for m in members])  # [3, N]
+    np.testing.assert_allclose(ens.predict_schedules(schs, flops=2 * 64**3), each.mean(0), rtol=1e-5, atol=1e-5)
+    lcb = ens.predict_schedules(schs, flops=2 * 64**3, explore=2.0)
+    np.testing.assert_allclose(lcb, each.mean(0) - 2.0 * each.std(0), rtol=1e-5, atol=1e-5)
+    plain = GNNCostModel(predictor=ens).predict(space.ctx, candidates)
+    bold = GNNCostModel(predictor=ens, explore=2.0).predict(space.ctx, candidates)
+    assert (bold >= plain * (1 - 1e-6)).all() and (bold > plain * 1.01).any()
+    # one model has no spread: exploring changes nothing
+    one = members[0]
+    np.testing.assert_allclose(one.predict_schedules(schs, flops=1.0, explore=2.0),
+                               one.predict_schedules(schs, flops=1.0), rtol=1e-6)
