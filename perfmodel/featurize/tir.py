@@ -129,6 +129,13 @@ class Program:
     loop_children: dict[int | None, list[tuple[str, int]]]  # parent loop (None = root) -> ("loop"|"stage", id)
 
 
+# BufInfo of buffers seen before, by (handle, is a parameter): the candidates of a task share their
+# parameter buffers (and unchanged ones), whose shape, dtype and scope then need no FFI reads. Each
+# entry holds its buffer, so no other object can take its address while the entry lives.
+_BUFFERS: dict[tuple[int, bool], tuple[Any, BufInfo]] = {}
+_BUFFERS_MAX = 4096
+
+
 class _Walker:
     def __init__(self, func: Any) -> None:
         self.loops: list[Loop] = []
@@ -137,7 +144,10 @@ class _Walker:
         self.children: dict[int | None, list[tuple[str, int]]] = {None: []}
         self.block = "root"
         for p in func.params[:]:
-            if hasattr(p, "shape") and hasattr(p, "scope"):  # buffers are typed Vars in TVM 0.27
+            known = _BUFFERS.get((p.__chandle__(), True))
+            if known is not None:
+                self.buffers[p.__chandle__()] = known[1]
+            elif hasattr(p, "shape") and hasattr(p, "scope"):  # buffers are typed Vars in TVM 0.27
                 self._buf(p, param=True)
 
     # ---- helpers -------------------------------------------------------------------------
@@ -147,14 +157,22 @@ class _Walker:
     def _buf(self, b: Any, *, param: bool = False) -> int:
         h = b.__chandle__()
         if h not in self.buffers:
+            known = _BUFFERS.get((h, param))
+            if known is not None:
+                self.buffers[h] = known[1]
+                return h
             shape = []
             for s in b.shape[:]:
                 if not type(s) is _INT_IMM:
                     raise self.err(f"symbolic buffer shape {s} of buffer {b.name!r}")
                 shape.append(int(s.value))
             scope = str(b.scope())
-            self.buffers[h] = BufInfo(name=str(b.name), shape=shape, nbytes=dtype_bytes(b.dtype),
-                                      local=(not param) or scope != "global", param=param)
+            info = BufInfo(name=str(b.name), shape=shape, nbytes=dtype_bytes(b.dtype),
+                           local=(not param) or scope != "global", param=param)
+            if len(_BUFFERS) >= _BUFFERS_MAX:
+                _BUFFERS.clear()
+            _BUFFERS[(h, param)] = (b, info)
+            self.buffers[h] = info
         return h
 
     def _int(self, e: Any, what: str) -> int:
@@ -233,7 +251,7 @@ class _Walker:
         self.block = outer
 
     def stage(self, block: Any, frame: list, body: Any, loops: list[int], frames: list, has_pred: bool) -> None:
-        st = Stage(id=len(self.stages), name=str(block.name_hint), loops=list(loops), frames=frames,
+        st = Stage(id=len(self.stages), name=self.block, loops=list(loops), frames=frames,
                    predicate=has_pred)
         ops = st.ops
         if type(body) is tirx.IfThenElse:
