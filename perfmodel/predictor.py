@@ -229,9 +229,15 @@ class Predictor:
         does not cost the others their prediction. With ``cache``, schedule objects seen before
         (see :class:`FeatureCache`) are not featurized again; ``explore``: see :meth:`predict_features`.
         """
+        from perfmodel.featurize.graph import paused_gc
+
         if len(schs) == 0:
             return np.zeros(0)
-        fl = self._flops(schs, flops)
+        with paused_gc():  # see there: many small allocations, no cycles
+            return self._predict_schedules(schs, self._flops(schs, flops), batch_size, cache, explore)
+
+    def _predict_schedules(self, schs: Sequence[Any], fl: list[float], batch_size: int, cache: FeatureCache | None,
+                           explore: float) -> np.ndarray:
         if cache is None:
             feats = self._features_isolated(schs)
         else:

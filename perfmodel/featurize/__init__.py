@@ -19,11 +19,13 @@ _LAZY = {
     "graph_to_data": "perfmodel.featurize.graph",
     "featurize": "perfmodel.featurize.graph",
     "featurize_many": "perfmodel.featurize.graph",
+    "paused_gc": "perfmodel.featurize.graph",
     "FeaturizeError": "perfmodel.featurize.tir",
 }
 
 __all__ = ["SCHEMA_VERSION", "NODE_FEATURES", "EDGE_FEATURES", "FeaturizeError", "Features", "features",
-           "features_many", "features_to_batch", "stage_graph", "graph_to_data", "featurize", "featurize_many"]
+           "features_many", "features_to_batch", "stage_graph", "graph_to_data", "featurize", "featurize_many",
+           "paused_gc"]
 
 
 def __getattr__(name: str) -> Any:

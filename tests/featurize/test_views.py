@@ -93,6 +93,28 @@ def test_data_graph_and_batch_views_agree(golden) -> None:
             assert a.dtype == b.dtype and torch.equal(a, b), (gran, k)
 
 
+def test_scoring_pauses_the_garbage_collector_and_restores_it(golden) -> None:
+    import gc
+
+    from perfmodel.featurize import features_many, paused_gc
+
+    _, _, schs = golden
+    assert gc.isenabled()
+    features_many([s for _, _, s in schs[:2]])
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), paused_gc():
+        assert not gc.isenabled()
+        raise RuntimeError("a featurizer bug")
+    assert gc.isenabled()  # back on after an error too
+    gc.disable()
+    try:
+        with paused_gc():
+            pass
+        assert not gc.isenabled()  # a caller that turned it off keeps it off
+    finally:
+        gc.enable()
+
+
 def _write(target) -> None:  # pragma: no cover - run by hand for a new schema
     from perfmodel.featurize import SCHEMA_VERSION, featurize
 
