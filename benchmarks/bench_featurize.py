@@ -12,8 +12,8 @@ the shipped checkpoint, every member -> float64 scores) and (d) TVM's XGB path (
 first trained through ``update`` on measured records of ``--xgb-db``, so that predict runs a real tree
 ensemble. Both with ``--threads`` threads (torch, xgboost and the extraction's tune context); every
 population is timed ``--repeats`` times, GNN and XGB interleaved, and the fastest time of each counts
-(the machine may be shared). Breakdowns: the GNN's featurization (``Predictor.featurize``) and network
-(``Predictor.predict_data``), XGB's extraction and booster.
+(the machine may be shared). Breakdowns: the GNN's featurization (``Predictor.features``) and network
+(``Predictor.predict_features``: batching, normalization, every member), XGB's extraction and booster.
 
 Last line: JSON with ``schedules``, ``failures``, ``graphs_per_s``, ``per_store_feature_per_s``,
 ``ratio_vs_per_store_feature``, ``graphs_per_cpu_s``, ``per_store_feature_per_cpu_s``, ``granularity``;
@@ -174,7 +174,8 @@ def scoring(batches: list[tuple[str, Any, list[Any]]], target: Any, args: argpar
 
     ms = load_ms()
     torch.set_num_threads(args.threads)
-    gnn = GNNCostModel(path=args.checkpoint, frozen=True, threads=args.threads)
+    # no feature cache: every timing featurizes (tuning reuses the features of repeated schedule objects)
+    gnn = GNNCostModel(path=args.checkpoint, frozen=True, threads=args.threads, feature_cache=0)
     members = len(gnn.predictor.meta["model"].get("members") or [1])
     t0 = time.perf_counter()
     xgb, n_train = train_xgb(args.xgb_db, per_task=args.xgb_records, threads=args.threads)
@@ -206,7 +207,7 @@ def scoring(batches: list[tuple[str, Any, list[Any]]], target: Any, args: argpar
             runs = {
                 "gnn": lambda: gnn.predict(ctx, cands),
                 "xgb": lambda: xgb.predict(ctx, cands),
-                "featurize": lambda: gnn.predictor.featurize(schs, flops=flops),
+                "featurize": lambda: gnn.predictor.features(schs),
                 "extract": lambda: [x.numpy().astype("float32") for x in xgb.extractor.extract_from(ctx, cands)],
             }
             order = ["gnn", "xgb", "featurize", "extract"] if rep % 2 == 0 else ["xgb", "gnn", "extract", "featurize"]
@@ -214,8 +215,9 @@ def scoring(batches: list[tuple[str, Any, list[Any]]], target: Any, args: argpar
             for k in order:
                 w, c, outs[k] = timed(runs[k])
                 best[k][i], best_cpu[k][i] = min(best[k][i], w), min(best_cpu[k][i], c)
-            datas = [d for d in outs["featurize"] if d is not None]
-            for k, fn in (("network", lambda: gnn.predictor.predict_data(datas, batch_size=gnn.batch_size)),
+            feats = [f for f in outs["featurize"] if f is not None]
+            for k, fn in (("network", lambda: gnn.predictor.predict_features(feats, [flops] * len(feats),
+                                                                              batch_size=gnn.batch_size)),
                           ("booster", lambda: xgb._predict(outs["extract"]))):
                 w, c, _ = timed(fn)
                 best[k][i], best_cpu[k][i] = min(best[k][i], w), min(best_cpu[k][i], c)
