@@ -119,17 +119,21 @@ def test_cpu_meter_sees_another_process_burning() -> None:
     assert busy["foreign"] > quiet["foreign"] + 0.4, (quiet, busy)
 
 
-def test_guard_waits_for_a_busy_machine_with_one_line_why(native, items) -> None:
+def test_guard_waits_for_a_busy_machine_with_one_line_why(native, items, tmp_path: Path) -> None:
+    from perfmodel.collect.measure import build
+
     lines: list[str] = []
+    # built before the burner starts: on a loaded machine the (niced) builds can outlast it
+    built = [(build(mod, native, str(tmp_path)), args) for mod, args in items[:2]]
     with LocalMeasurer(target=native, protocol=Protocol(rounds=3, max_rounds=3),
                        guard=Guard(settle_s=0.5, report_s=0.0), log=lines.append) as m:
-        m.measure(items[:2])  # start the workers first: a cold start can outlast the burner
+        m.measure_built(built)  # start the runner first: a cold start can outlast the burner
         p = mp.Process(target=_burn, args=(4.0,))
         p.start()
         try:
             time.sleep(0.3)
             t0 = time.perf_counter()
-            res = m.measure(items[:2])
+            res = m.measure_built(built)
             waited = m.waited_s
             took = time.perf_counter() - t0
         finally:
