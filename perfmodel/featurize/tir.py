@@ -493,22 +493,7 @@ def bind_env(frames: list, loop_env: dict[int, tuple[int, int]]) -> dict[int, tu
     env = dict(loop_env)
     for frame in frames:
         for k, val, dmin, dext, _ in frame:
-            if type(val) is tuple and val[0] == "L":  # ival of a linear form, inlined (the common case)
-                lo = hi = val[1]
-                for v, w in val[2]:
-                    r = env.get(v)
-                    if r is None:
-                        break
-                    if w > 0:
-                        lo += w * r[0]
-                        hi += w * r[1]
-                    else:
-                        lo += w * r[1]
-                        hi += w * r[0]
-                else:
-                    r = (lo, hi)
-            else:
-                r = ival(val, env)
+            r = ival(val, env)
             lo, hi = dmin, dmin + dext - 1
             if r is not None:
                 lo, hi = max(lo, r[0]), min(hi, r[1])
@@ -523,26 +508,8 @@ def footprint(acc: Access, info: BufInfo, env: dict[int, tuple[int, int]]) -> tu
     ranges = []
     elems = 1
     for c, dim in zip(acc.indices, info.shape):
-        if type(c) is tuple and c[0] == "L":  # ival of a linear form, inlined (the common case)
-            lo = hi = c[1]
-            for v, w in c[2]:
-                r = env.get(v)
-                if r is None:
-                    n = dim
-                    break
-                if w > 0:
-                    lo += w * r[0]
-                    hi += w * r[1]
-                else:
-                    lo += w * r[1]
-                    hi += w * r[0]
-            else:
-                n = hi - lo + 1
-                n = dim if dim < n else n
-                n = n if n > 1 else 1
-        else:
-            r = ival(c, env)
-            n = dim if r is None else max(1, min(dim, r[1] - r[0] + 1))
+        r = ival(c, env)
+        n = dim if r is None else max(1, min(dim, r[1] - r[0] + 1))
         ranges.append(n)
         elems *= n
     # contiguous run: innermost range, times outer dims while the inner ones are fully covered
