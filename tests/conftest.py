@@ -72,3 +72,20 @@ def _tvm_logging_without_unnamed_handlers():
     mod.create_loggers = create_loggers
     yield
     mod.create_loggers = original
+
+
+def dynamic_copy_func():
+    """A PrimFunc with a symbolic extent (``B[i] = A[i]`` for ``i < n``): what the featurizer rejects."""
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def dynamic(a: T.handle, b: T.handle):
+        n = T.int32()
+        A = T.match_buffer(a, (n,), "float32")
+        B = T.match_buffer(b, (n,), "float32")
+        for i in range(n):
+            with T.sblock("copy"):
+                vi = T.axis.spatial(n, i)
+                B[vi] = A[vi]
+
+    return dynamic

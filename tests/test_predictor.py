@@ -144,21 +144,12 @@ def test_predict_schedules_scores_exactly_the_featurized_graphs(target) -> None:
     """The scoring path (features straight into one normalized batch, issue #11 item 5) predicts what
     ``predict_data`` predicts on ``featurize``'s graphs, bit for bit; an unfeaturizable schedule gets +inf."""
     import tvm
-    from tvm.script import tirx as T
 
     from perfmodel.collect.sampler import TaskSpace
     from perfmodel.data import FeatureNorm
-    from conftest import matmul_mod
+    from conftest import dynamic_copy_func, matmul_mod
 
-    @T.prim_func(s_tir=True)
-    def dynamic(a: T.handle, b: T.handle):
-        n = T.int32()
-        A = T.match_buffer(a, (n,), "float32")
-        B = T.match_buffer(b, (n,), "float32")
-        for i in range(n):
-            with T.sblock("copy"):
-                vi = T.axis.spatial(n, i)
-                B[vi] = A[vi]
+    dynamic = dynamic_copy_func()
 
     space = TaskSpace(mod=matmul_mod(), target=target)
     schs = [s for _, s in zip(range(6), (s for _, s in space.random_stream()))]
@@ -175,21 +166,12 @@ def test_predict_schedules_scores_exactly_the_featurized_graphs(target) -> None:
 
 def test_feature_cache_reuses_the_features_of_the_same_schedule_objects(target) -> None:
     import tvm
-    from tvm.script import tirx as T
 
     from perfmodel.collect.sampler import TaskSpace
     from perfmodel.predictor import FeatureCache
-    from conftest import matmul_mod
+    from conftest import dynamic_copy_func, matmul_mod
 
-    @T.prim_func(s_tir=True)
-    def dynamic(a: T.handle, b: T.handle):
-        n = T.int32()
-        A = T.match_buffer(a, (n,), "float32")
-        B = T.match_buffer(b, (n,), "float32")
-        for i in range(n):
-            with T.sblock("copy"):
-                vi = T.axis.spatial(n, i)
-                B[vi] = A[vi]
+    dynamic = dynamic_copy_func()
 
     space = TaskSpace(mod=matmul_mod(), target=target)
     schs = [s for _, s in zip(range(5), (s for _, s in space.random_stream()))]

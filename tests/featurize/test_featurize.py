@@ -44,15 +44,9 @@ def _programs():
                     Y[vn, vh, vw, vco] = T.float32(0)
                 Y[vn, vh, vw, vco] = Y[vn, vh, vw, vco] + pad[vn, vh + vrh, vw + vrw, vci] * W[vrh, vrw, vci, vco]
 
-    @T.prim_func(s_tir=True)
-    def dynamic(a: T.handle, b: T.handle):
-        n = T.int32()
-        A = T.match_buffer(a, (n,), "float32")
-        B = T.match_buffer(b, (n,), "float32")
-        for i in range(n):
-            with T.sblock("copy"):
-                vi = T.axis.spatial(n, i)
-                B[vi] = A[vi]
+    from conftest import dynamic_copy_func
+
+    dynamic = dynamic_copy_func()
 
     return matmul, conv, dynamic
 
