@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import time
 from pathlib import Path
 
@@ -101,6 +102,20 @@ def test_a_failing_build_is_a_result_not_a_crash(native, items) -> None:
         res = m.measure([items[0], (bad, wrong_args), items[1]])
     assert res[0].ok and res[2].ok
     assert not res[1].ok and res[1].error
+
+
+def test_builds_run_niced_below_background_work_and_the_runner_does_not(native, items) -> None:
+    from perfmodel.collect.measure import BUILD_NICE
+
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    with LocalMeasurer(target=native, protocol=Protocol(rounds=3, max_rounds=3), guard=Guard(enabled=False)) as m:
+        assert all(r.ok for r in m.measure(items[:1]))
+        builders = m._builders.pids
+        assert builders
+        # niced: the guard ignores their CPU time; less than 19: they win a core from `nice -n 19` work
+        assert all(os.getpriority(os.PRIO_PROCESS, p) == min(19, base + BUILD_NICE) for p in builders)
+        assert 0 < BUILD_NICE < 19
+        assert os.getpriority(os.PRIO_PROCESS, m._runner.pid) == base
 
 
 def test_cpu_meter_sees_another_process_burning() -> None:
