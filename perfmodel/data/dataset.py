@@ -28,7 +28,7 @@ from tqdm import tqdm
 from perfmodel.featurize.schema import SCHEMA_VERSION
 from perfmodel.collect.measure import label_secs
 
-META_VERSION = 1  # version of the processed-file layout (independent of the feature schema)
+META_VERSION = 2  # version of the processed-file layout (independent of the feature schema); 2: io_bytes
 
 
 def _db_dirs(db_paths: str | os.PathLike | list) -> list[Path]:
@@ -132,7 +132,7 @@ class ScheduleDataset(InMemoryDataset):
 
     Each item is a ``Data`` with ``x`` [N, F], ``edge_index`` [2, E], ``edge_attr`` [E, Fe] and
     ``y`` (float32 [1], log of the median seconds), ``task`` (long [1], index into ``task_names``),
-    ``family`` (long [1], index into ``families``), ``flops`` (float32 [1]), ``record`` (long [1],
+    ``family`` (long [1], index into ``families``), ``flops`` and ``io_bytes`` (float32 [1]), ``record`` (long [1],
     index of the item in the dataset; ``sources[record]`` is its ``(database dir, line)``).
 
     Args:
@@ -212,7 +212,8 @@ class ScheduleDataset(InMemoryDataset):
                     meta = json.load(f)
             except (OSError, ValueError):
                 continue
-            if meta.get("schema_version") != SCHEMA_VERSION or meta.get("options") != self.options:
+            if (meta.get("schema_version") != SCHEMA_VERSION or meta.get("meta_version") != META_VERSION
+                    or meta.get("options") != self.options):
                 continue
             dirs = set(_grew_from(meta.get("state", {}), self.state))
             graphs = meta_path.with_name(meta_path.name.replace("meta_", "graphs_").replace(".json", ".pt"))
@@ -365,7 +366,7 @@ def build(db_dirs: list[Path], *, granularity: str = "stage", max_records: int |
         for i in range(len(jobs)):
             if old[i] is not None:
                 d = old[i]
-                yield Data(x=d.x, edge_index=d.edge_index, edge_attr=d.edge_attr), "", ""
+                yield Data(x=d.x, edge_index=d.edge_index, edge_attr=d.edge_attr, io_bytes=d.io_bytes), "", ""
             else:
                 bar.update(1)
                 yield next(fresh)
@@ -391,5 +392,5 @@ def build(db_dirs: list[Path], *, granularity: str = "stage", max_records: int |
                          f"(skipped: {dict(skipped) or 'none'}; first error: {errors[0] if errors else '-'})")
     meta = {"task_names": task_names, "families": families, "skipped": {k: v for k, v in skipped.items() if v},
             "errors": errors, "sources": sources, "task_ids": task_ids, "family_ids": family_ids,
-            "schema_version": SCHEMA_VERSION, "reused": n_reused}
+            "schema_version": SCHEMA_VERSION, "meta_version": META_VERSION, "reused": n_reused}
     return datas, meta

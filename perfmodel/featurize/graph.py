@@ -90,12 +90,15 @@ class Features:
             networkx's edge order (by source node, then insertion).
         edge_x: edge features, float32 [E, len(EDGE_FEATURES)].
         program: the walked program (node names are read from it only when a graph is built).
+        io_bytes: bytes of the function's arguments (inputs and outputs): the traffic no schedule
+            avoids, the memory side of a roofline bound (FLOPs being the compute side).
     """
 
     x: np.ndarray
     edges: list[tuple[int, int, str, str | None]]
     edge_x: np.ndarray
     program: Program
+    io_bytes: float = 0.0
 
     def node_kinds_names(self) -> list[tuple[str, str]]:
         """``(kind, name)`` of every node, in node order."""
@@ -229,12 +232,13 @@ def _features(prog: Program, *, granularity: str, n_inlined: int) -> Features:
     # networkx lists edges by source node (in node order), then in insertion order: so do we
     order = sorted(range(len(out_edges)), key=lambda i: out_edges[i][0])
     edge_x = np.stack([out_x[i] for i in order]) if order else np.zeros((0, _NE), dtype=np.float32)
-    return Features(x=xs, edges=[out_edges[i] for i in order], edge_x=edge_x, program=prog)
+    io_bytes = float(sum(math.prod(b.shape) * b.nbytes for b in bufs.values() if b.param))
+    return Features(x=xs, edges=[out_edges[i] for i in order], edge_x=edge_x, program=prog, io_bytes=io_bytes)
 
 
 def _to_graph(f: Features) -> nx.DiGraph:
     """The networkx view of ``Features`` (node ``kind``/``name``/``x``, edge ``kind``/``x``/``buffer``)."""
-    g = nx.DiGraph()
+    g = nx.DiGraph(io_bytes=f.io_bytes)
     for i, (kind, name) in enumerate(f.node_kinds_names()):
         g.add_node(i, kind=kind, name=name, x=f.x[i].copy())
     for (u, v, kind, buf), e in zip(f.edges, f.edge_x):
@@ -254,14 +258,15 @@ def _to_data(f: Features) -> Any:
         edge_index = torch.tensor([[e[0] for e in f.edges], [e[1] for e in f.edges]], dtype=torch.long)
     else:
         edge_index = torch.zeros((2, 0), dtype=torch.long)
-    return Data(x=torch.from_numpy(f.x), edge_index=edge_index, edge_attr=torch.from_numpy(f.edge_x))
+    return Data(x=torch.from_numpy(f.x), edge_index=edge_index, edge_attr=torch.from_numpy(f.edge_x),
+                io_bytes=torch.tensor([f.io_bytes], dtype=torch.float32))
 
 
 def features_to_batch(feats: Sequence[Features], flops: Sequence[float]) -> Any:
     """Many schedules' ``Features`` as one PyG ``Batch``, built straight from the arrays.
 
     Equal to ``Batch.from_data_list`` of their ``featurize`` graphs with ``flops`` set (fields
-    ``x``, ``edge_index``, ``edge_attr``, ``flops`` [B] float32, ``batch``, ``ptr``), at a fraction of
+    ``x``, ``edge_index``, ``edge_attr``, ``flops`` and ``io_bytes`` [B] float32, ``batch``, ``ptr``), at a fraction of
     its cost: what scoring a population uses.
 
     Args:
@@ -284,6 +289,7 @@ def features_to_batch(feats: Sequence[Features], flops: Sequence[float]) -> Any:
     edge_index = torch.tensor([src, dst], dtype=torch.long) if src else torch.zeros((2, 0), dtype=torch.long)
     batch = torch.repeat_interleave(torch.arange(len(feats)), torch.tensor(sizes))
     out = Batch(x=x, edge_index=edge_index, edge_attr=edge_attr, flops=torch.tensor(flops, dtype=torch.float32),
+                io_bytes=torch.tensor([f.io_bytes for f in feats], dtype=torch.float32),
                 batch=batch, ptr=torch.from_numpy(offsets))
     out._num_graphs = len(feats)
     return out
@@ -424,8 +430,8 @@ def graph_to_data(g: nx.DiGraph) -> Any:
     """A stage graph as a PyG ``Data``.
 
     Returns:
-        ``Data(x=float32 [N, len(NODE_FEATURES)], edge_index=long [2, E], edge_attr=float32 [E, len(EDGE_FEATURES)])``
-        with nodes in ascending node-id order.
+        ``Data(x=float32 [N, len(NODE_FEATURES)], edge_index=long [2, E], edge_attr=float32 [E, len(EDGE_FEATURES)],
+        io_bytes=float32 [1])`` with nodes in ascending node-id order.
     """
     import torch
     from torch_geometric.data import Data
@@ -444,7 +450,8 @@ def graph_to_data(g: nx.DiGraph) -> Any:
     else:
         edge_index = torch.zeros((2, 0), dtype=torch.long)
         edge_attr = torch.zeros((0, _NE), dtype=torch.float32)
-    return Data(x=torch.from_numpy(x), edge_index=edge_index, edge_attr=edge_attr)
+    return Data(x=torch.from_numpy(x), edge_index=edge_index, edge_attr=edge_attr,
+                io_bytes=torch.tensor([float(g.graph.get("io_bytes", 0.0))], dtype=torch.float32))
 
 
 def featurize(sch: Any, *, granularity: str = "stage") -> Any:

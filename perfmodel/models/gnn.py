@@ -60,7 +60,10 @@ class CostGNN(nn.Module):
     norm, activation, dropout and a residual connection), pools the nodes with a readout, and
     an MLP head maps the graph embedding plus the graph's standardized log FLOPs to a log time.
     With ``flops_skip`` the head's output is added to ``a * log(flops) + b`` (a, b learned), so the
-    network only learns the efficiency left over by the operation count.
+    network only learns the efficiency left over by the operation count. With ``use_bytes`` the
+    graph's argument bytes (``io_bytes``: the traffic no schedule avoids) join the FLOPs in both
+    places, head input and skip (``a * log(flops) + c * log(bytes) + b``): the two sides of a roofline
+    bound, so memory-bound operators (pooling, normalization, element-wise) get a prior too.
 
     Subclasses only say which convolution they stack (``make_conv``), like PyG's ``BasicGNN``.
 
@@ -78,6 +81,7 @@ class CostGNN(nn.Module):
             feature says which direction).
         use_flops: give the head the graph's standardized log FLOPs.
         flops_skip: add a learned linear term in log FLOPs to the prediction.
+        use_bytes: also use the graph's standardized log argument bytes (``io_bytes``), as above.
         conv_kwargs: extra keyword arguments of the convolution (e.g. ``heads`` for GAT).
     """
 
@@ -99,11 +103,14 @@ class CostGNN(nn.Module):
         bidirectional: bool = True,
         use_flops: bool = True,
         flops_skip: bool = True,
+        use_bytes: bool = False,
         **conv_kwargs: Any,
     ) -> None:
         super().__init__()
         self.in_dim, self.edge_dim, self.hidden = in_dim, edge_dim, hidden
         self.bidirectional, self.use_flops, self.flops_skip = bidirectional, use_flops, flops_skip
+        self.use_bytes = use_bytes
+        n_scale = 2 if use_bytes else 1  # graph-level scale inputs: log FLOPs (and log bytes)
         self.conv_kwargs = conv_kwargs
         e_in = edge_dim + (1 if bidirectional else 0)
         self.embed = nn.Sequential(nn.Linear(in_dim, hidden), activation_resolver(act))
@@ -114,12 +121,15 @@ class CostGNN(nn.Module):
         self.act = activation_resolver(act)
         self.dropout = nn.Dropout(dropout)
         self.readout = Readout(kind=readout, hidden=hidden)
-        head_in = self.readout.out_dim + (1 if use_flops else 0)
+        head_in = self.readout.out_dim + (n_scale if use_flops else 0)
         self.head = _mlp([head_in] + [hidden] * head_layers + [1], act, dropout)
-        self.skip = nn.Linear(1, 1) if flops_skip else None
-        # Standardization of log FLOPs; set from the training set by ``set_flops_stats``.
+        self.skip = nn.Linear(n_scale, 1) if flops_skip else None
+        # Standardization of log FLOPs (and log bytes); set from the training set by ``set_flops_stats``.
         self.register_buffer("flops_mean", torch.tensor(0.0))
         self.register_buffer("flops_std", torch.tensor(1.0))
+        if use_bytes:
+            self.register_buffer("bytes_mean", torch.tensor(0.0))
+            self.register_buffer("bytes_std", torch.tensor(1.0))
         if self.skip is not None:  # start from "time grows like FLOPs"
             nn.init.zeros_(self.skip.weight)
             nn.init.zeros_(self.skip.bias)
@@ -139,35 +149,68 @@ class CostGNN(nn.Module):
         return [e] * len(self.convs)
 
     @torch.no_grad()
-    def set_flops_stats(self, log_flops: Tensor, log_secs: Tensor | None = None) -> None:
-        """Fits the log-FLOPs standardization to the training graphs, and starts the prediction
-        at the least-squares line ``log_secs ~ a * log FLOPs + b`` (or at their mean).
+    def set_flops_stats(self, log_flops: Tensor, log_secs: Tensor | None = None,
+                        log_bytes: Tensor | None = None) -> None:
+        """Fits the log-FLOPs (and log-bytes) standardization to the training graphs, and starts the
+        prediction at the least-squares fit ``log_secs ~ a * log FLOPs (+ c * log bytes) + b`` (or at
+        their mean).
 
         Args:
             log_flops: natural log of each training graph's FLOPs, [B].
             log_secs: their measured log seconds, [B] (None: leave the output layer as is).
+            log_bytes: natural log of each graph's ``io_bytes``, [B]; required with ``use_bytes``.
         """
-        log_flops = log_flops.double().reshape(-1)
-        self.flops_mean.fill_(float(log_flops.mean()))
-        self.flops_std.fill_(max(float(log_flops.std()) if log_flops.numel() > 1 else 1.0, 1e-3))
+        zs = [self._standardize(log_flops, self.flops_mean, self.flops_std)]
+        if self.use_bytes:
+            if log_bytes is None:
+                raise ValueError("set_flops_stats: this model uses io_bytes (use_bytes=True): pass log_bytes")
+            zs.append(self._standardize(log_bytes, self.bytes_mean, self.bytes_std))
         if log_secs is None:
             return
         y = log_secs.double().reshape(-1)
-        z = (log_flops - self.flops_mean.double()) / self.flops_std.double()
-        a = float((z * (y - y.mean())).sum() / (z * z).sum().clamp_min(1e-12)) if z.numel() > 1 else 0.0
-        b = float(y.mean())
+        z = torch.stack(zs, dim=1)  # [B, n_scale]
+        if z.size(0) > z.size(1):
+            zc = z - z.mean(0)
+            coef = torch.linalg.lstsq(zc, (y - y.mean())[:, None], driver="gelsd").solution[:, 0]
+        else:
+            coef = torch.zeros(z.size(1), dtype=torch.float64)
+        b = float(y.mean() - (z.mean(0) * coef).sum())
         last = self.head[-1]
         if self.skip is not None:
-            self.skip.weight.fill_(a)
+            self.skip.weight.copy_(coef[None, :].to(self.skip.weight.dtype))
             self.skip.bias.fill_(b)
             last.bias.zero_()
         else:
-            last.bias.fill_(b)
+            last.bias.fill_(float(y.mean()))
+
+    @staticmethod
+    def _standardize(v: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+        """Fits ``mean``/``std`` (buffers) to ``v`` [B] and returns the standardized values (float64)."""
+        v = v.double().reshape(-1)
+        mean.fill_(float(v.mean()))
+        std.fill_(max(float(v.std()) if v.numel() > 1 else 1.0, 1e-3))
+        return (v - mean.double()) / std.double()
 
     def log_flops(self, data: Any) -> Tensor:
         """Standardized log FLOPs of each graph, [B]."""
         flops = data.flops.reshape(-1).to(self.flops_mean.dtype)
         return (torch.log(flops.clamp_min(1.0)) - self.flops_mean) / self.flops_std
+
+    def log_bytes(self, data: Any) -> Tensor:
+        """Standardized log argument bytes (``io_bytes``) of each graph, [B]."""
+        nb = getattr(data, "io_bytes", None)
+        if nb is None:
+            raise ValueError("this model uses io_bytes (use_bytes=True) but the graphs have none: "
+                             "featurize them with this version of perfmodel (dataset caches rebuild themselves)")
+        nb = nb.reshape(-1).to(self.bytes_mean.dtype)
+        return (torch.log(nb.clamp_min(1.0)) - self.bytes_mean) / self.bytes_std
+
+    def scale_inputs(self, data: Any) -> Tensor:
+        """The graph-level scale inputs [B, n_scale]: standardized log FLOPs (and log bytes)."""
+        cols = [self.log_flops(data)]
+        if self.use_bytes:
+            cols.append(self.log_bytes(data))
+        return torch.stack(cols, dim=1)
 
     def _edges(self, data: Any) -> tuple[Tensor, Tensor | None]:
         ei = data.edge_index
@@ -196,12 +239,12 @@ class CostGNN(nn.Module):
             out = norm(out, batch, size) if nb else norm(out)
             h = h + self.dropout(self.act(out))
         g = self.readout(h, batch, size)
-        lf = self.log_flops(data).to(g.dtype)
+        sc = self.scale_inputs(data).to(g.dtype)
         if self.use_flops:
-            g = torch.cat([g, lf[:, None]], dim=-1)
+            g = torch.cat([g, sc], dim=-1)
         y = self.head(g).squeeze(-1)
         if self.skip is not None:
-            y = y + self.skip(lf[:, None]).squeeze(-1)
+            y = y + self.skip(sc).squeeze(-1)
         return y
 
 

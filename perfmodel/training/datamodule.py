@@ -167,6 +167,11 @@ class ScheduleDataModule(L.LightningDataModule):
         flops = field(self.dataset, "flops")[self.splits["train"]]
         return torch.log(torch.as_tensor(flops, dtype=torch.float64).clamp_min(1.0))
 
+    def train_log_bytes(self) -> torch.Tensor:
+        """log argument bytes (``io_bytes``) of the training graphs [N] (for the model's standardization)."""
+        nb = field(self.dataset, "io_bytes")[self.splits["train"]]
+        return torch.log(torch.as_tensor(nb, dtype=torch.float64).clamp_min(1.0))
+
     def train_log_secs(self) -> torch.Tensor:
         """Measured log seconds of the training graphs [N]."""
         return torch.as_tensor(field(self.dataset, "y")[self.splits["train"]], dtype=torch.float64)

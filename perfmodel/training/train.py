@@ -46,7 +46,7 @@ def build_module(cfg: DictConfig, dm: ScheduleDataModule) -> CostModelModule:
 
     mcfg = model_config(cfg.model, in_dim=dm.num_node_features, edge_dim=dm.num_edge_features)
     model = build_model(mcfg)
-    model.set_flops_stats(dm.train_log_flops(), dm.train_log_secs())
+    model.set_flops_stats(dm.train_log_flops(), dm.train_log_secs(), dm.train_log_bytes())
     names = dm.task_names
     test_tasks = sorted({names[int(t)] for t in np.unique(dm.task_ids[dm.splits["test"]])})
     split = {"kind": dm.split_kind, "seed": dm.split_seed, "val": dm.val, "test": dm.test,

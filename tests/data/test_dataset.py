@@ -176,6 +176,7 @@ def test_builds_from_plain_tune_tir_database(tmp_path, target):
     assert len(ds.task_names) == 1 and ds.families == ["unknown"]
     assert ds.task_names[0].startswith("C_")
     assert float(ds[0].flops) == pytest.approx(2 * 64 ** 3, rel=0.01)
+    assert float(ds[0].io_bytes) == 3 * 64 * 64 * 4  # A, B, C in float32: the roofline's memory side
     again = ScheduleDataset(tmp_path / "cache", work, progress=False)
     assert not again.processed_now and again.task_names == ds.task_names
 

@@ -77,7 +77,7 @@ def test_data_graph_and_batch_views_agree(golden) -> None:
             d = featurize(sch, granularity=gran)
             g = stage_graph(sch, granularity=gran)
             via_graph = graph_to_data(g)
-            for k in ("x", "edge_index", "edge_attr"):
+            for k in ("x", "edge_index", "edge_attr", "io_bytes"):
                 assert torch.equal(getattr(d, k), getattr(via_graph, k)), (name, gran, k)
             kinds = [k for _, k in g.nodes(data="kind")]
             assert kinds.count("stage") >= 1 and (gran == "stage") == ("loop" not in kinds)
@@ -88,9 +88,20 @@ def test_data_graph_and_batch_views_agree(golden) -> None:
         batch = features_to_batch(feats, [1e6 * (i + 1) for i in range(len(feats))])
         ref = Batch.from_data_list(datas)
         assert batch.num_graphs == ref.num_graphs == len(schs)
-        for k in ("x", "edge_index", "edge_attr", "flops", "batch", "ptr"):
+        for k in ("x", "edge_index", "edge_attr", "flops", "io_bytes", "batch", "ptr"):
             a, b = getattr(batch, k), getattr(ref, k)
             assert a.dtype == b.dtype and torch.equal(a, b), (gran, k)
+
+
+def test_io_bytes_are_the_bytes_of_the_function_arguments(golden) -> None:
+    from perfmodel.featurize import featurize
+
+    _, _, schs = golden
+    per_task: dict[str, set[float]] = {}
+    for name, _, sch in schs:
+        per_task.setdefault(name, set()).add(float(featurize(sch).io_bytes))
+    assert per_task["matmul64"] == {3 * 64 * 64 * 4.0}  # A, B, C: float32 64x64, whatever the schedule
+    assert all(len(v) == 1 and min(v) > 0 for v in per_task.values()), per_task
 
 
 def test_scoring_pauses_the_garbage_collector_and_restores_it(golden) -> None:

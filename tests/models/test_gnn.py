@@ -61,6 +61,38 @@ def test_flops_enter_the_prediction(batch: Batch) -> None:
     assert not torch.allclose(model(batch), model(other))
 
 
+def test_argument_bytes_enter_the_prediction_only_with_use_bytes(batch: Batch) -> None:
+    batch.io_bytes = torch.tensor([1e4, 1e5, 1e7])
+    more = batch.clone()
+    more.io_bytes = more.io_bytes * 100
+    lf, lb = torch.log(batch.flops.double()), torch.log(batch.io_bytes.double())
+    plain = build_model({"name": "gcn", "in_dim": 5, "edge_dim": 3, "hidden": 8}).eval()
+    plain.set_flops_stats(lf, torch.zeros(3), lb)  # a model without use_bytes ignores log_bytes
+    assert torch.allclose(plain(batch), plain(more))
+    roof = build_model({"name": "gcn", "in_dim": 5, "edge_dim": 3, "hidden": 8, "use_bytes": True}).eval()
+    roof.set_flops_stats(lf, torch.tensor([0.0, 1.0, 2.0]), lb)
+    assert not torch.allclose(roof(batch), roof(more))
+    with pytest.raises(ValueError, match="pass log_bytes"):
+        roof.set_flops_stats(lf, torch.zeros(3))
+    del batch.io_bytes
+    with pytest.raises(ValueError, match="graphs have none"):
+        roof(batch)
+
+
+def test_the_skip_starts_at_the_least_squares_roofline_plane() -> None:
+    """log secs = 0.5 log FLOPs + 0.8 log bytes - 30, exactly: the skip term alone reproduces it."""
+    g = torch.Generator().manual_seed(0)
+    lf = 10 + 8 * torch.rand(40, generator=g, dtype=torch.float64)
+    lb = 8 + 6 * torch.rand(40, generator=g, dtype=torch.float64)
+    y = 0.5 * lf + 0.8 * lb - 30
+    m = build_model({"name": "gcn", "in_dim": 5, "hidden": 8, "use_bytes": True})
+    m.set_flops_stats(lf, y, lb)
+    data = Data(flops=torch.exp(lf).float(), io_bytes=torch.exp(lb).float())
+    skip = m.skip(m.scale_inputs(data).float()).squeeze(-1).double()
+    assert torch.allclose(skip, y, atol=1e-3)
+    assert float(m.head[-1].bias) == 0.0
+
+
 @pytest.mark.parametrize("edge_dim", [3, 0])
 def test_gine_inference_with_composed_edge_maps_equals_pyg_gineconv(edge_dim: int, batch: Batch) -> None:
     """Eval mode composes each layer's edge projection with the edge embedding: the same function as
