@@ -46,6 +46,28 @@ def tiny_db(tmp_path_factory) -> Path:
     return out / "test"
 
 
+@pytest.fixture(scope="session")
+def two_target_dbs(tmp_path_factory) -> tuple[Path, Path]:
+    """Two real databases of GMM-0, NRM-0 and SFM-0 like the shipped folders: 4 random schedules per task
+    measured for the generic x86 target (``generic/``), then re-timed for this CPU's ``mcpu``
+    (``native/``), one quick timing each.
+
+    Returns ``(native dir, generic dir)``; skips where this CPU's LLVM target has no ``mcpu``.
+    """
+    from perfmodel.collect.collector import CollectConfig, collect
+    from perfmodel.collect.measure import Guard, Protocol
+    from perfmodel.workloads import native_target
+
+    if native_target(1).get("mcpu", "generic") == "generic":
+        pytest.skip("this CPU's native target is the generic one: one target only")
+    out = tmp_path_factory.mktemp("twotargets")
+    quick = dict(out_dir=str(out), tasks=["GMM-0", "NRM-0", "SFM-0"], n_random=4, n_evolve=0, batch=6,
+                 progress=False, guard=Guard(enabled=False), protocol=Protocol(rounds=1, max_rounds=1, keep=1))
+    collect(CollectConfig(hardware="generic", target={"kind": "llvm", "num-cores": 1}, **quick))
+    collect(CollectConfig(hardware="native", target="native", retime_from=str(out / "generic"), **quick))
+    return out / "native", out / "generic"
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _tvm_logging_without_unnamed_handlers():
     """pytest's log capture attaches unnamed ``LogCaptureHandler``s to MetaSchedule's logger during a

@@ -3,7 +3,9 @@
 Every valid record is replayed (``TuningRecord.as_measure_candidate``), featurized with
 :mod:`perfmodel.featurize` and labelled with the log of its median measured time. Failed
 measurements and records that do not replay or featurize are skipped and counted in
-``dataset.skipped``. The processed file is keyed by (database contents, schema version, options):
+``dataset.skipped``. Each graph also carries the id of the target its record was measured for
+(``target_id``, into the vocabulary ``dataset.targets``), so one dataset can hold several hardware
+folders. The processed file is keyed by (database contents, schema version, options):
 opening the same databases again loads it instead of reprocessing (``dataset.processed_now`` says
 which happened).
 """
@@ -28,7 +30,7 @@ from tqdm import tqdm
 from perfmodel.featurize.schema import SCHEMA_VERSION
 from perfmodel.collect.measure import label_secs
 
-META_VERSION = 2  # version of the processed-file layout (independent of the feature schema); 2: io_bytes
+META_VERSION = 3  # version of the processed-file layout (independent of the feature schema); 2: io_bytes; 3: target_id
 
 
 def _db_dirs(db_paths: str | os.PathLike | list) -> list[Path]:
@@ -133,7 +135,13 @@ class ScheduleDataset(InMemoryDataset):
     Each item is a ``Data`` with ``x`` [N, F], ``edge_index`` [2, E], ``edge_attr`` [E, Fe] and
     ``y`` (float32 [1], log of the median seconds), ``task`` (long [1], index into ``task_names``),
     ``family`` (long [1], index into ``families``), ``flops`` and ``io_bytes`` (float32 [1]), ``record`` (long [1],
-    index of the item in the dataset; ``sources[record]`` is its ``(database dir, line)``).
+    index of the item in the dataset; ``sources[record]`` is its ``(database dir, line)``), ``target_id``
+    (long [1], index into ``targets``: the ``workloads.target_summary`` of the record's target).
+
+    The target vocabulary is ordered most common first (ties: first seen, in ``db_paths`` order), so
+    ``targets[0]`` is the target of most graphs. A record whose target cannot be read (none stored,
+    or not a target) gets the most common target of its database; in a database where no record
+    has a readable target, its records are skipped (reason ``no_target``).
 
     Args:
         root: cache directory (processed files go to ``root/processed``).
@@ -146,7 +154,8 @@ class ScheduleDataset(InMemoryDataset):
         force_reload: reprocess even when a cached file exists.
 
     Attributes:
-        task_names, families: the vocabularies of ``task`` / ``family``.
+        task_names, families, targets: the vocabularies of ``task`` / ``family`` / ``target_id``
+            (``targets``: ``{kind, mcpu, threads}`` dicts).
         skipped: counts of records left out, by reason.
         errors: the first messages of records left out (one line each).
         processed_now: whether this instance processed the databases (False: loaded from the cache).
@@ -180,6 +189,8 @@ class ScheduleDataset(InMemoryDataset):
         self.sources: list[tuple[str, int]] = [tuple(s) for s in meta["sources"]]
         self.task_ids = np.asarray(meta["task_ids"], dtype=np.int64)
         self.family_ids = np.asarray(meta["family_ids"], dtype=np.int64)
+        self.targets: list[dict[str, Any]] = meta["targets"]
+        self.target_ids = np.asarray(meta["target_ids"], dtype=np.int64)
 
     @property
     def processed_file_names(self) -> list[str]:
@@ -230,9 +241,22 @@ class ScheduleDataset(InMemoryDataset):
         return out
 
     def summary(self) -> dict[str, Any]:
-        """Counts for a report: graphs, tasks, families, skipped records by reason."""
+        """Counts for a report: graphs, tasks, families, targets, skipped records by reason."""
         return {"graphs": len(self), "tasks": len(self.task_names), "families": len(self.families),
-                "skipped": dict(self.skipped)}
+                "targets": len(self.targets), "skipped": dict(self.skipped)}
+
+    def from_databases(self, db_paths: Any) -> np.ndarray:
+        """Which graphs come from the databases at or under ``db_paths`` (bool [N]).
+
+        Raises:
+            ValueError: none of those databases is one of this dataset's.
+        """
+        want = {d.resolve() for d in _db_dirs(db_paths)}
+        if not want & {d.resolve() for d in self.db_dirs}:
+            raise ValueError(f"{db_paths} holds none of the dataset's databases "
+                             f"({', '.join(str(d) for d in self.db_dirs)})")
+        resolved = {d: Path(d).resolve() in want for d in {s[0] for s in self.sources}}
+        return np.array([resolved[s[0]] for s in self.sources], dtype=bool)
 
 
 # ---- processing ------------------------------------------------------------------------------
@@ -312,8 +336,9 @@ def build(db_dirs: list[Path], *, granularity: str = "stage", max_records: int |
     sources: list[list[Any]] = []
     task_ids: list[int] = []
     family_ids: list[int] = []
+    target_keys: list[str] = []  # of each graph: its target summary as JSON
     datas: list[Data] = []
-    jobs: list[tuple[Any, Any, int, int, float]] = []  # (db, raw, task, family, flops)
+    jobs: list[tuple[Any, Any, int, int, float, str]] = []  # (db, raw, task, family, flops, target key)
 
     def note(reason: str, msg: str) -> None:
         skipped[reason] += 1
@@ -326,11 +351,18 @@ def build(db_dirs: list[Path], *, granularity: str = "stage", max_records: int |
         skipped["corrupt_line"] += len(db.bad_lines)
         ident: dict[int, tuple[int, int, float] | None] = {}
         taken: Counter[int] = Counter()
-        for raw in db.records:
+        tkeys = [_target_key(raw.target) for raw in db.records]
+        common = Counter(k for k in tkeys if k is not None).most_common(1)
+        db_target = common[0][0] if common else None  # for records whose target cannot be read
+        for raw, tkey in zip(db.records, tkeys):
             if not raw.ok:
                 skipped["failed_measurement"] += 1
                 continue
             if max_records is not None and taken[raw.workload] >= max_records:
+                continue
+            tkey = tkey or db_target
+            if tkey is None:
+                note("no_target", f"{d}:{raw.line}: no readable target in the record or anywhere in its database")
                 continue
             seen = info.get((raw.workload, trace_hash(raw.key))) if info else None
             if seen is not None and seen.get("disturbed"):  # the guard gave up waiting for a quiet machine
@@ -354,7 +386,7 @@ def build(db_dirs: list[Path], *, granularity: str = "stage", max_records: int |
                 skipped["bad_workload"] += 1
                 continue
             taken[raw.workload] += 1
-            jobs.append((db, raw, *ident[raw.workload]))
+            jobs.append((db, raw, *ident[raw.workload], tkey))
 
     reuse = reuse or {}
     old = {i: reuse.get((str(job[0].path.resolve()), job[1].line)) for i, job in enumerate(jobs)}
@@ -372,7 +404,7 @@ def build(db_dirs: list[Path], *, granularity: str = "stage", max_records: int |
                 yield next(fresh)
 
     bar = tqdm(total=len(todo), desc="featurize records", unit="rec", smoothing=0.05, disable=not progress)
-    for (db, raw, task, fam, flops), (data, reason, msg) in zip(jobs, results()):
+    for (db, raw, task, fam, flops, tkey), (data, reason, msg) in zip(jobs, results()):
         if data is None:
             note(reason, f"{db.path}:{raw.line}: {msg}")
             continue
@@ -386,11 +418,27 @@ def build(db_dirs: list[Path], *, granularity: str = "stage", max_records: int |
         sources.append([str(db.path), raw.line])
         task_ids.append(task)
         family_ids.append(fam)
+        target_keys.append(tkey)
     bar.close()
     if not datas:
         raise ValueError(f"no usable record in {', '.join(map(str, db_dirs))} "
                          f"(skipped: {dict(skipped) or 'none'}; first error: {errors[0] if errors else '-'})")
+    vocab = [k for k, _ in Counter(target_keys).most_common()]  # most common first; ties: first seen
+    index = {k: i for i, k in enumerate(vocab)}
+    target_ids = [index[k] for k in target_keys]
+    for data, t in zip(datas, target_ids):
+        data.target_id = torch.tensor([t], dtype=torch.long)
     meta = {"task_names": task_names, "families": families, "skipped": {k: v for k, v in skipped.items() if v},
             "errors": errors, "sources": sources, "task_ids": task_ids, "family_ids": family_ids,
+            "targets": [json.loads(k) for k in vocab], "target_ids": target_ids,
             "schema_version": SCHEMA_VERSION, "meta_version": META_VERSION, "reused": n_reused}
     return datas, meta
+
+
+def _target_key(target: Any) -> str | None:
+    """The ``{kind, mcpu, threads}`` summary of a record's target as JSON; ``None`` when it cannot be read."""
+    from perfmodel.workloads import target_summary
+
+    if not isinstance(target, dict) or not target.get("kind"):
+        return None
+    return json.dumps(target_summary(target))

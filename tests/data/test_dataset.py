@@ -1,4 +1,5 @@
-"""The on-disk dataset: built from the shipped records and from a plain ``ms.tune_tir`` database; cache; bad records."""
+"""The on-disk dataset: built from the shipped records and from a plain ``ms.tune_tir`` database; cache; bad records;
+two folders of two targets."""
 
 from __future__ import annotations
 
@@ -202,3 +203,61 @@ def test_grown_database_is_processed_incrementally(shipped, tmp_path):
     for i in range(len(grown)):
         assert torch.equal(grown[i].x, fresh[i].x) and torch.equal(grown[i].y, fresh[i].y)
         assert torch.equal(grown[i].edge_index, fresh[i].edge_index) and int(grown[i].task) == int(fresh[i].task)
+
+
+def _copy_db(src: Path, dst: Path, *, records: slice = slice(None), no_target: slice = slice(0)) -> Path:
+    """A copy of a database with some of its record lines, the ``no_target`` ones of them stored without target."""
+    dst.mkdir(parents=True)
+    shutil.copy(src / WORKLOAD_FILE, dst / WORKLOAD_FILE)
+    recs = [json.loads(x) for x in (src / RECORD_FILE).read_text().splitlines()[records]]
+    for r in recs[no_target]:
+        r[1][2] = None
+    (dst / RECORD_FILE).write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return dst
+
+
+@pytest.mark.slow  # measures two tiny databases (conftest.two_target_dbs)
+def test_two_targets_give_two_target_ids_and_a_vocabulary(two_target_dbs, tmp_path):
+    from perfmodel.workloads import native_target, target_summary
+
+    native, generic = two_target_dbs
+    ds = ScheduleDataset(tmp_path / "cache", [native, generic], progress=False)
+    want = {str(native): target_summary(native_target(1)), str(generic): {"kind": "llvm", "mcpu": "generic",
+                                                                         "threads": 1}}
+    assert sorted(map(json.dumps, ds.targets)) == sorted(map(json.dumps, want.values()))
+    assert np.array_equal(ds.target_ids, [int(ds[i].target_id) for i in range(len(ds))])
+    assert [ds.targets[t] for t in ds.target_ids] == [want[d] for d, _ in ds.sources]
+    counts = np.bincount(ds.target_ids)
+    assert len(counts) == 2 and counts[0] >= counts[1] > 0  # most common first
+    assert ds.summary()["targets"] == 2
+    from_native = ds.from_databases(native)
+    assert from_native.any() and set(ds.target_ids[from_native]) == {ds.targets.index(want[str(native)])}
+    with pytest.raises(ValueError, match="none of the dataset's databases"):
+        ds.from_databases(_copy_db(native, tmp_path / "elsewhere"))
+    # a record without a target gets its database's most common one; a database without any is skipped
+    one = _copy_db(generic, tmp_path / "lost" / "one", no_target=slice(0, 2))
+    assert [r.target for r in Database.open(one).records[:2]] == [None, None]
+    _copy_db(generic, tmp_path / "lost" / "none", no_target=slice(None))
+    mixed = ScheduleDataset(tmp_path / "cache", [native, tmp_path / "lost"], progress=False)
+    assert mixed.skipped.get("no_target") == sum(r.ok for r in Database.open(generic).records)
+    assert any("no readable target" in e for e in mixed.errors)
+    assert len(mixed) == len(ds) and sorted(mixed.target_ids.tolist()) == sorted(ds.target_ids.tolist())
+
+
+@pytest.mark.slow  # measures two tiny databases (conftest.two_target_dbs)
+def test_grown_database_keeps_target_ids_of_reused_graphs(two_target_dbs, tmp_path):
+    native, generic = two_target_dbs
+    lines = (native / RECORD_FILE).read_text().splitlines(keepends=True)
+    grow = _copy_db(native, tmp_path / "grow", records=slice(0, 3))
+    first = ScheduleDataset(tmp_path / "cache", [grow, generic], progress=False)
+    with open(grow / RECORD_FILE, "a") as f:
+        f.write("".join(lines[3:]))
+    grown = ScheduleDataset(tmp_path / "cache", [grow, generic], progress=False)
+    fresh = ScheduleDataset(tmp_path / "cache2", [grow, generic], progress=False)
+    assert grown.processed_now and grown.reused == len(first) > 0 and fresh.reused == 0
+    assert grown.targets == fresh.targets and len(grown.targets) == 2
+    assert np.array_equal(grown.target_ids, fresh.target_ids)
+    for i in range(len(grown)):  # every per-graph field of a reused graph is there and right
+        a, b = grown[i], fresh[i]
+        assert set(a.keys()) == set(b.keys())
+        assert all(torch.equal(a[k], b[k]) for k in b.keys())
