@@ -63,7 +63,9 @@ class CostGNN(nn.Module):
     network only learns the efficiency left over by the operation count. With ``use_bytes`` the
     graph's argument bytes (``io_bytes``: the traffic no schedule avoids) join the FLOPs in both
     places, head input and skip (``a * log(flops) + c * log(bytes) + b``): the two sides of a roofline
-    bound, so memory-bound operators (pooling, normalization, element-wise) get a prior too.
+    bound, so memory-bound operators (pooling, normalization, element-wise) get a prior too. With
+    ``target_input`` the head also gets a learned embedding of the graph's ``target_id`` (the TVM target
+    its record was measured for), so one model can learn from several hardware folders.
 
     Subclasses only say which convolution they stack (``make_conv``), like PyG's ``BasicGNN``.
 
@@ -82,11 +84,14 @@ class CostGNN(nn.Module):
         use_flops: give the head the graph's standardized log FLOPs.
         flops_skip: add a learned linear term in log FLOPs to the prediction.
         use_bytes: also use the graph's standardized log argument bytes (``io_bytes``), as above.
+        target_input: entries of the target embedding (the vocabulary size of ``target_id``; 0 = no
+            target input: ``target_id`` is ignored and not needed).
         conv_kwargs: extra keyword arguments of the convolution (e.g. ``heads`` for GAT).
     """
 
     conv_name = "base"
     uses_edge_attr = False
+    target_dim = 8  # width of the target embedding joined to the head input
 
     def __init__(
         self,
@@ -104,9 +109,14 @@ class CostGNN(nn.Module):
         use_flops: bool = True,
         flops_skip: bool = True,
         use_bytes: bool = False,
+        target_input: int = 0,
         **conv_kwargs: Any,
     ) -> None:
         super().__init__()
+        if target_input is True or int(target_input or 0) < 0:
+            raise ValueError(f"target_input is the number of targets (0 = off), got {target_input!r}; "
+                             "training sets it from the dataset's target vocabulary")
+        self.target_input = int(target_input or 0)
         self.in_dim, self.edge_dim, self.hidden = in_dim, edge_dim, hidden
         self.bidirectional, self.use_flops, self.flops_skip = bidirectional, use_flops, flops_skip
         self.use_bytes = use_bytes
@@ -121,7 +131,9 @@ class CostGNN(nn.Module):
         self.act = activation_resolver(act)
         self.dropout = nn.Dropout(dropout)
         self.readout = Readout(kind=readout, hidden=hidden)
-        head_in = self.readout.out_dim + (n_scale if use_flops else 0)
+        self.target_embed = nn.Embedding(self.target_input, self.target_dim) if self.target_input else None
+        head_in = (self.readout.out_dim + (n_scale if use_flops else 0)
+                   + (self.target_dim if self.target_input else 0))
         self.head = _mlp([head_in] + [hidden] * head_layers + [1], act, dropout)
         self.skip = nn.Linear(n_scale, 1) if flops_skip else None
         # Standardization of log FLOPs (and log bytes); set from the training set by ``set_flops_stats``.
@@ -212,6 +224,18 @@ class CostGNN(nn.Module):
             cols.append(self.log_bytes(data))
         return torch.stack(cols, dim=1)
 
+    def target_inputs(self, data: Any) -> Tensor:
+        """The embedded ``target_id`` of each graph, [B, target_dim]."""
+        tid = getattr(data, "target_id", None)
+        if tid is None:
+            raise ValueError("this model takes the target as input (target_input > 0) but the graphs have no "
+                             "target_id: score them with perfmodel.predictor.Predictor (it sets the id)")
+        tid = tid.reshape(-1)
+        if tid.numel() and (int(tid.min()) < 0 or int(tid.max()) >= self.target_input):
+            raise ValueError(f"target_id outside the model's {self.target_input} targets "
+                             f"(0..{self.target_input - 1}): {tid.unique().tolist()}")
+        return self.target_embed(tid)
+
     def _edges(self, data: Any) -> tuple[Tensor, Tensor | None]:
         ei = data.edge_index
         ea = getattr(data, "edge_attr", None)
@@ -226,7 +250,7 @@ class CostGNN(nn.Module):
 
     def forward(self, data: Any) -> Tensor:
         """Predicted log seconds [B] of a PyG ``Batch`` (fields x [N, F], edge_index [2, E],
-        edge_attr [E, Fe], batch [N], flops [B]); a single ``Data`` gives [1]."""
+        edge_attr [E, Fe], batch [N], flops [B], with ``target_input`` target_id [B]); a single ``Data`` gives [1]."""
         x = data.x
         batch = getattr(data, "batch", None)
         if batch is None:
@@ -242,6 +266,8 @@ class CostGNN(nn.Module):
         sc = self.scale_inputs(data).to(g.dtype)
         if self.use_flops:
             g = torch.cat([g, sc], dim=-1)
+        if self.target_embed is not None:
+            g = torch.cat([g, self.target_inputs(data).to(g.dtype)], dim=-1)
         y = self.head(g).squeeze(-1)
         if self.skip is not None:
             y = y + self.skip(sc).squeeze(-1)

@@ -1,4 +1,4 @@
-"""CostGNN variants: shapes, readouts, edge features, the log-FLOPs input, and overfitting."""
+"""CostGNN variants: shapes, readouts, edge features, the log-FLOPs and target inputs, and overfitting."""
 
 from __future__ import annotations
 
@@ -77,6 +77,33 @@ def test_argument_bytes_enter_the_prediction_only_with_use_bytes(batch: Batch) -
     del batch.io_bytes
     with pytest.raises(ValueError, match="graphs have none"):
         roof(batch)
+
+
+@pytest.mark.parametrize("name", ["gin", "gcn"])
+def test_target_id_enters_the_prediction_only_with_target_input(name: str, batch: Batch) -> None:
+    batch.target_id = torch.tensor([0, 0, 0])
+    other = batch.clone()
+    other.target_id = torch.tensor([1, 1, 1])
+    plain = build_model({"name": name, "in_dim": 5, "edge_dim": 3, "hidden": 8}).eval()
+    assert torch.equal(plain(batch), plain(other))  # no target input: target_id ignored ...
+    del other.target_id
+    assert torch.equal(plain(batch), plain(other))  # ... and not needed
+    torch.manual_seed(0)
+    both = build_model({"name": name, "in_dim": 5, "edge_dim": 3, "hidden": 8, "target_input": 2}).eval()
+    other.target_id = torch.tensor([1, 0, 1])
+    a, b = both(batch), both(other)
+    assert not torch.allclose(a[[0, 2]], b[[0, 2]]) and torch.allclose(a[1], b[1])
+    assert both.target_embed.num_embeddings == 2
+    assert both.head[0].in_features == plain.head[0].in_features + both.target_dim  # joined to the head input only
+    assert {k for k in both.state_dict() if k not in plain.state_dict()} == {"target_embed.weight"}
+    other.target_id = torch.tensor([0, 2, 0])
+    with pytest.raises(ValueError, match="outside the model's 2 targets"):
+        both(other)
+    del other.target_id
+    with pytest.raises(ValueError, match="no target_id"):
+        both(other)
+    with pytest.raises(ValueError, match="number of targets"):
+        build_model({"name": name, "in_dim": 5, "target_input": True})  # training turns true into a count
 
 
 def test_the_skip_starts_at_the_least_squares_roofline_plane() -> None:
