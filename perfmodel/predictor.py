@@ -28,6 +28,12 @@ class Predictor:
 
     Lower predicted log time = faster. Build one with ``load_predictor`` (or ``from_checkpoint``).
 
+    A model with the target input (``CostGNN(target_input=n)``) scores graphs for a target: the
+    methods that build graphs or batches take ``target`` (a ``tvm.target.Target``, its JSON dict or a
+    ``{kind, mcpu, threads}`` summary) and set ``target_id`` to its index in ``target_vocab``; a
+    target not in it, or none given, is scored as ``target_vocab[0]`` (the most common training
+    target; ``target_mismatch`` says so in one line). Other models ignore ``target``.
+
     Args:
         model: the network (``CostGNN``).
         meta: the checkpoint's ``CKPT_KEY`` block (``checkpoint_meta``: model config,
@@ -41,6 +47,8 @@ class Predictor:
         self.device = torch.device(device)
         self.norm = _load_norm(meta.get("norm"))
         self.granularity = str(meta.get("granularity", "stage"))
+        self.target_input = any(getattr(m, "target_input", 0) for m in self.model.modules())
+        self.target_vocab: list[dict[str, Any]] = [dict(t) for t in meta.get("target_vocab") or []]
         self._opt: torch.optim.Optimizer | None = None
 
     # ------------------------------------------------------------ loading
@@ -102,6 +110,9 @@ class Predictor:
             if not _same_norm(p.meta.get("norm"), first.meta.get("norm")):
                 raise CheckpointError(f"ensemble: member {i} normalizes features differently from member 0 "
                                       "(trained on another split or dataset)")
+        vocabs = [p.meta["target_vocab"] for p in members if p.meta.get("target_vocab")]
+        if any(v != vocabs[0] for v in vocabs):
+            raise CheckpointError("ensemble: members number their target inputs differently (target_vocab)")
         flat = []
         for p in members:  # an ensemble member contributes its own members
             if isinstance(p.model, Ensemble):
@@ -113,6 +124,8 @@ class Predictor:
             dst.load_state_dict(src.state_dict())
         meta = {**first.meta, "model": {"name": "ensemble", "members": [dict(c) for c, _ in flat]},
                 "members": [{k: p.meta[k] for k in ("seed", "fingerprint") if k in p.meta} for p in members]}
+        if vocabs:
+            meta["target_vocab"] = vocabs[0]
         return cls(model=model, meta=meta, device=first.device)
 
     def save(self, path: str | Path) -> Path:
@@ -161,33 +174,62 @@ class Predictor:
         """One line saying the checkpoint was trained for another target than ``target``, else ``None``.
 
         Kind, ``mcpu`` (missing = ``generic``) and thread count are compared; an unknown value (an
-        older checkpoint without ``target``, a target without ``num-cores``) matches anything.
+        older checkpoint without ``target``, a target without ``num-cores``) matches anything. A model
+        with the target input knows every target of its ``target_vocab``; for another, the line also
+        says which known target it is scored as.
 
         Args:
             target: a ``tvm.target.Target``, its JSON dict, or a ``{kind, mcpu, threads}`` summary.
         """
-        if not self.target:
+        vocab = self.target_vocab if self.target_input else []
+        if not vocab and not self.target:
             return None
-        have, want = _summary(self.target), _summary(target)
-        if all(have[k] is None or want[k] is None or have[k] == want[k] for k in ("kind", "mcpu", "threads")):
+        want = _summary(target)
+        if vocab:
+            if self.target_index(want) is not None:
+                return None
+            known = " and ".join(_describe(_summary(t)) for t in vocab)
+            head = f"checkpoint trained for {known} (target input), scoring for {_describe(want)} " \
+                   f"(scored as {_describe(_summary(vocab[0]))})"
+        else:
+            have = _summary(self.target)
+            if _matches(have, want):
+                return None
+            head = f"checkpoint trained for {_describe(have)}, scoring for {_describe(want)}"
+        return f"{head}: predictions may be off; retrain on data of this target (python train.py data.db_paths=[...])"
+
+    def target_index(self, target: Any) -> int | None:
+        """Index of ``target`` (as ``target_mismatch`` takes it) in ``target_vocab``; ``None`` when not there."""
+        want = _summary(target)
+        return next((i for i, t in enumerate(self.target_vocab) if _matches(_summary(t), want)), None)
+
+    def _target_id(self, target: Any) -> int | None:
+        """The ``target_id`` of graphs scored for ``target`` (``None``: the model has no target input)."""
+        if not self.target_input:
             return None
-        return (f"checkpoint trained for {_describe(have)}, scoring for {_describe(want)}: predictions may be off; "
-                "retrain on data of this target (python train.py data.db_paths=[...])")
+        return (self.target_index(target) if target is not None else None) or 0
 
     # ------------------------------------------------------------ predicting
-    def _prepare(self, batch: Any) -> Any:
-        """A collated batch on the device, features normalized as in training."""
+    def _prepare(self, batch: Any, target_id: int | None = None) -> Any:
+        """A collated batch on the device, features normalized as in training; ``target_id`` set to
+        ``target_id`` where the batch has none (``None``: left as it is)."""
+        if target_id is not None and getattr(batch, "target_id", None) is None:
+            batch.target_id = torch.full((batch.num_graphs,), target_id, dtype=torch.long)
         batch = batch.to(self.device)
         return batch if self.norm is None else self.norm.apply(batch)
 
-    def _batches(self, datas: Sequence[Any], batch_size: int) -> Any:
+    def _batches(self, datas: Sequence[Any], batch_size: int, target_id: int | None = None) -> Any:
         from torch_geometric.data import Batch
 
         for i in range(0, len(datas), batch_size):
-            yield self._prepare(Batch.from_data_list(list(datas[i:i + batch_size])))
+            yield self._prepare(Batch.from_data_list(list(datas[i:i + batch_size])), target_id)
 
-    def predict_data(self, datas: Sequence[Any], *, batch_size: int = 1024) -> np.ndarray:
-        """Predicted log seconds of featurized graphs (each with ``flops``), shape [N] float64."""
+    def predict_data(self, datas: Sequence[Any], *, batch_size: int = 1024, target: Any = None) -> np.ndarray:
+        """Predicted log seconds of featurized graphs (each with ``flops``), shape [N] float64.
+
+        Graphs that carry ``target_id`` keep it (an index into ``target_vocab``); others are scored for
+        ``target`` (see the class).
+        """
         if len(datas) == 0:
             return np.zeros(0)
         missing = [i for i, d in enumerate(datas) if getattr(d, "flops", None) is None]
@@ -197,47 +239,54 @@ class Predictor:
         self.model.eval()
         outs = []
         with torch.inference_mode():
-            for b in self._batches(datas, batch_size):
+            for b in self._batches(datas, batch_size, self._target_id(target)):
                 outs.append(self.model(b).double().cpu())
         return torch.cat(outs).numpy()
 
-    def featurize(self, schs: Sequence[Any], *, flops: float | Sequence[float] | None = None) -> list[Any]:
-        """Schedules -> graphs with ``flops`` set (a graph that cannot be featurized gives ``None``).
+    def featurize(self, schs: Sequence[Any], *, flops: float | Sequence[float] | None = None,
+                  target: Any = None) -> list[Any]:
+        """Schedules -> graphs with ``flops`` (and, for a model with the target input, ``target_id``) set
+        (a graph that cannot be featurized gives ``None``).
 
         Args:
             schs: MetaSchedule ``Schedule`` objects (or IRModules).
             flops: FLOPs of the task (one number for all, or one per schedule); by default
                 TVM's estimate of the first schedule's module.
+            target: the target they are scored for (see the class).
         """
         from perfmodel.featurize import featurize_many
 
         fl = self._flops(schs, flops)
+        tid = self._target_id(target)
         datas = featurize_many(schs, granularity=self.granularity, errors="none")
         for d, f in zip(datas, fl):
             if d is not None:
                 d.flops = torch.tensor([f], dtype=torch.float32)
+                if tid is not None:
+                    d.target_id = torch.tensor([tid], dtype=torch.long)
         return datas
 
     def predict_schedules(self, schs: Sequence[Any], *, flops: float | Sequence[float] | None = None,
                           batch_size: int = 1024, cache: FeatureCache | None = None,
-                          explore: float = 0.0) -> np.ndarray:
+                          explore: float = 0.0, target: Any = None) -> np.ndarray:
         """Predicted log seconds of schedules, shape [N]; one that cannot be featurized gets ``+inf``.
 
         Equal to ``predict_data(featurize(schs, flops=flops))``, but the features go straight into
         one batch per ``batch_size`` schedules (no per-graph ``Data``): the scoring path of tuning.
         A featurizer that raises on the batch is retried schedule by schedule, so one bad schedule
         does not cost the others their prediction. With ``cache``, schedule objects seen before
-        (see :class:`FeatureCache`) are not featurized again; ``explore``: see :meth:`predict_features`.
+        (see :class:`FeatureCache`) are not featurized again; ``explore``: see :meth:`predict_features`;
+        ``target``: see the class.
         """
         from perfmodel.featurize.graph import paused_gc
 
         if len(schs) == 0:
             return np.zeros(0)
         with paused_gc():  # see there: many small allocations, no cycles
-            return self._predict_schedules(schs, self._flops(schs, flops), batch_size, cache, explore)
+            return self._predict_schedules(schs, self._flops(schs, flops), batch_size, cache, explore, target)
 
     def _predict_schedules(self, schs: Sequence[Any], fl: list[float], batch_size: int, cache: FeatureCache | None,
-                           explore: float) -> np.ndarray:
+                           explore: float, target: Any) -> np.ndarray:
         if cache is None:
             feats = self._features_isolated(schs)
         else:
@@ -256,24 +305,26 @@ class Predictor:
         out = np.full(len(schs), np.inf)
         if ok:
             out[ok] = self.predict_features([feats[i] for i in ok], [fl[i] for i in ok], batch_size=batch_size,
-                                            explore=explore)
+                                            explore=explore, target=target)
         return out
 
     def predict_features(self, feats: Sequence[Any], flops: Sequence[float], *, batch_size: int = 1024,
-                         explore: float = 0.0) -> np.ndarray:
+                         explore: float = 0.0, target: Any = None) -> np.ndarray:
         """Predicted log seconds of ``perfmodel.featurize.Features`` with their FLOPs, shape [N] float64.
 
         With ``explore`` > 0 and an ensemble: the optimistic log time ``mean - explore * std`` over the
         members (a lower confidence bound on the time: candidates the members disagree on look faster).
+        ``target``: see the class.
         """
         from perfmodel.featurize import features_to_batch
 
         self.model.eval()
         spread = explore > 0 and hasattr(self.model, "member_outputs")
+        tid = self._target_id(target)
         outs = []
         with torch.inference_mode():
             for i in range(0, len(feats), batch_size):
-                b = self._prepare(features_to_batch(feats[i:i + batch_size], flops[i:i + batch_size]))
+                b = self._prepare(features_to_batch(feats[i:i + batch_size], flops[i:i + batch_size]), tid)
                 if spread:
                     m = self.model.member_outputs(b).double()
                     outs.append((m.mean(0) - explore * m.std(0, unbiased=False)).cpu())
@@ -489,7 +540,8 @@ def load_predictor(path: str | Path | None = None, *, required: bool = True,
 
 def checkpoint_meta(*, model: dict[str, Any], granularity: str, norm: dict[str, Any] | None, fingerprint: str,
                     task_names: Sequence[str], split: dict[str, Any], db_paths: Sequence[str],
-                    targets: Sequence[dict[str, Any]], seed: int) -> dict[str, Any]:
+                    targets: Sequence[dict[str, Any]], seed: int,
+                    target_vocab: Sequence[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The ``CKPT_KEY`` block that training writes into every checkpoint and ``Predictor`` reads.
 
     Args:
@@ -503,6 +555,9 @@ def checkpoint_meta(*, model: dict[str, Any], granularity: str, norm: dict[str, 
         targets: ``{kind, mcpu, threads}`` of the training records' targets, most common first;
             the first is ``target`` (``Predictor.target``), several are also kept as ``targets``.
         seed: training seed.
+        target_vocab: for a model with the target input, what its ``target_id`` indexes (the dataset's
+            ``targets``, most common first, over every split: not always the order of ``targets``);
+            kept as ``target_vocab`` (``Predictor.target_vocab``).
     """
     from perfmodel.featurize.schema import SCHEMA_VERSION
 
@@ -511,6 +566,8 @@ def checkpoint_meta(*, model: dict[str, Any], granularity: str, norm: dict[str, 
             "db_paths": list(db_paths), "seed": int(seed), "target": dict(targets[0]) if targets else None}
     if len(targets) > 1:
         meta["targets"] = [dict(t) for t in targets]
+    if target_vocab:
+        meta["target_vocab"] = [dict(t) for t in target_vocab]
     return meta
 
 
@@ -562,6 +619,11 @@ def _summary(target: Any) -> dict[str, Any]:
     from perfmodel.workloads import target_summary
 
     return target_summary(target)
+
+
+def _matches(have: dict[str, Any], want: dict[str, Any]) -> bool:
+    """Two target summaries agree on kind, ``mcpu`` and threads (an unknown value matches anything)."""
+    return all(have[k] is None or want[k] is None or have[k] == want[k] for k in ("kind", "mcpu", "threads"))
 
 
 def _describe(t: dict[str, Any]) -> str:

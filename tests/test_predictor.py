@@ -17,9 +17,15 @@ from perfmodel.training.synthetic import SyntheticDataset
 torch.set_num_threads(1)  # tiny graphs on a shared 2-core machine: more threads only contend
 
 
-def _predictor(in_dim: int = 16, edge_dim: int = 4, **meta) -> Predictor:
+ZNVER3 = {"kind": "llvm", "mcpu": "znver3", "threads": 1}
+GENERIC = {"kind": "llvm", "mcpu": "generic", "threads": 1}
+
+
+def _predictor(in_dim: int = 16, edge_dim: int = 4, target_input: int = 0, **meta) -> Predictor:
     torch.manual_seed(0)
     cfg = {"name": "gin", "in_dim": in_dim, "edge_dim": edge_dim, "hidden": 16}
+    if target_input:  # else the config of a checkpoint from before the target input (no such key)
+        cfg["target_input"] = target_input
     return Predictor(model=build_model(cfg), meta={"model": cfg, "schema_version": SCHEMA_VERSION, "norm": None,
                                                    "granularity": "stage", **meta})
 
@@ -92,6 +98,63 @@ def test_target_mismatch() -> None:
 def test_target_mismatch_of_a_tvm_target(target) -> None:
     znver3 = _predictor(target={"kind": "llvm", "mcpu": "znver3", "threads": 1})
     assert "scoring for llvm/generic/1 thread(s)" in znver3.target_mismatch(target)
+
+
+def _synthetic(target_id: int | None = None) -> list:
+    ds = SyntheticDataset(n_tasks=2, per_task=5)
+    datas = [ds[i] for i in range(len(ds))]
+    for d in datas if target_id is not None else []:
+        d.target_id = torch.tensor([target_id])
+    return datas
+
+
+def test_target_input_scores_for_the_target_in_its_vocabulary(tmp_path: Path) -> None:
+    p = _predictor(target_input=2, target_vocab=[ZNVER3, GENERIC], target=ZNVER3)
+    assert p.target_input and p.target_index({"kind": "llvm", "num-cores": 1}) == 1  # no mcpu = generic
+    assert p.target_index({"kind": "llvm", "mcpu": "znver4", "num-cores": 1}) is None
+    as_znver3, as_generic = p.predict_data(_synthetic(0)), p.predict_data(_synthetic(1))
+    assert not np.allclose(as_znver3, as_generic)
+    assert np.array_equal(p.predict_data(_synthetic(), target={"kind": "llvm", "num-cores": 1}), as_generic)
+    assert np.array_equal(p.predict_data(_synthetic()), as_znver3)  # no target: the most common one
+    assert np.array_equal(p.predict_data(_synthetic(1), target=ZNVER3), as_generic)  # graphs keep their own id
+    # a target it does not know: scored as the most common one, and target_mismatch says so in one line
+    znver4 = {"kind": "llvm", "mcpu": "znver4", "num-cores": 1}
+    assert np.array_equal(p.predict_data(_synthetic(), target=znver4), as_znver3)
+    assert p.target_mismatch(znver4) == (
+        "checkpoint trained for llvm/znver3/1 thread(s) and llvm/generic/1 thread(s) (target input), scoring for "
+        "llvm/znver4/1 thread(s) (scored as llvm/znver3/1 thread(s)): predictions may be off; retrain on data "
+        "of this target (python train.py data.db_paths=[...])")
+    assert p.target_mismatch(GENERIC) is None and p.target_mismatch(ZNVER3) is None
+    back = Predictor.from_checkpoint(p.save(tmp_path / "both.pt"))
+    assert back.target_vocab == [ZNVER3, GENERIC] and np.array_equal(back.predict_data(_synthetic(1)), as_generic)
+    # an ensemble keeps the vocabulary; members that number targets differently are refused
+    assert Predictor.ensemble([p, back]).target_vocab == [ZNVER3, GENERIC]
+    other = _predictor(target_input=2, target_vocab=[GENERIC, ZNVER3])
+    with pytest.raises(CheckpointError, match="target_vocab"):
+        Predictor.ensemble([p, other])
+
+
+def test_a_checkpoint_without_target_input_loads_and_ignores_targets(tmp_path: Path) -> None:
+    p = _predictor(target=ZNVER3)  # the layout of checkpoints from before the target input
+    q = Predictor.from_checkpoint(p.save(tmp_path / "old.pt"))
+    assert "target_input" not in q.meta["model"] and not q.target_input and q.target_vocab == []
+    want = p.predict_data(_synthetic())
+    assert np.array_equal(q.predict_data(_synthetic()), want)
+    assert np.array_equal(q.predict_data(_synthetic(), target=GENERIC), want)
+    assert "trained for llvm/znver3/1 thread(s), scoring for llvm/generic" in q.target_mismatch(GENERIC)
+
+
+@pytest.mark.skipif(not predictor_mod.DEFAULT_CHECKPOINT.is_file(), reason="no shipped checkpoint")
+def test_the_shipped_checkpoint_has_no_target_input(target) -> None:
+    from perfmodel.collect.sampler import TaskSpace
+    from conftest import matmul_mod
+
+    p = load_predictor()
+    configs = p.meta["model"].get("members") or [p.meta["model"]]
+    assert not p.target_input and not any(c.get("target_input") for c in configs)
+    space = TaskSpace(mod=matmul_mod(), target=target)
+    schs = [s for _, s in zip(range(4), (s for _, s in space.random_stream()))]
+    assert np.array_equal(p.predict_schedules(schs, target=target), p.predict_schedules(schs))
 
 
 def test_heldout_tasks_recorded_rebuilt_or_unknown() -> None:

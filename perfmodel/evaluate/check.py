@@ -47,7 +47,7 @@ def check(task_name: str, *, predictor: Any, n: int = 64, seed: int = 1, protoco
     if not schs:
         raise ValueError(f"check: {task_name}: the design space gave no valid schedule")
     t1 = time.perf_counter()
-    pred = np.asarray(predictor.predict_schedules(schs), dtype=np.float64).reshape(-1)
+    pred = np.asarray(predictor.predict_schedules(schs, target=target), dtype=np.float64).reshape(-1)
     t2 = time.perf_counter()
     with LocalMeasurer(target=target, protocol=protocol) as m:
         results = m.measure([(s.mod, space.args_info) for s in schs])

@@ -193,14 +193,15 @@ def _run_gnn(predictor: Any, tasks: list[TaskRecords], notes: list[str], log: Ca
     t0 = time.perf_counter()
     for t in tasks:
         schs = t.schedules()
+        target = t.records[0].target if t.records else None  # what a model with the target input scores for
         try:
-            pred = np.asarray(predictor.predict_schedules(schs), dtype=np.float64).reshape(-1)
+            pred = np.asarray(predictor.predict_schedules(schs, target=target), dtype=np.float64).reshape(-1)
         except Exception:  # noqa: BLE001  find the schedules the featurizer rejects, one by one
             pred = np.full(len(schs), np.nan)
             errors = []
             for i, s in enumerate(schs):
                 try:
-                    pred[i] = float(np.asarray(predictor.predict_schedules([s])).reshape(-1)[0])
+                    pred[i] = float(np.asarray(predictor.predict_schedules([s], target=target)).reshape(-1)[0])
                 except Exception as e:  # noqa: BLE001
                     errors.append(f"line {t.records[i].line}: {type(e).__name__}: {str(e).strip()[:200]}")
             if errors:

@@ -34,7 +34,9 @@ class GNNCostModel(ms.cost_model.PyCostModel):
     (``make_cost_model("gnn")``) turns it into a fallback score and counts it. ``update`` keeps the
     measured candidates in a :class:`~perfmodel.predictor.MeasuredBuffer` and fine-tunes on them
     every ``update_every`` calls (unless ``frozen``). Scoring for another target than the
-    checkpoint's logs one warning and counts ``stats.target_mismatch``. Candidates the search hands
+    checkpoint's logs one warning and counts ``stats.target_mismatch``; a checkpoint with the target
+    input scores for the tuning target (``context.target``: that warning when it is not one it knows,
+    then scored as its most common training target). Candidates the search hands
     in again (the same schedule objects) reuse their features (a :class:`~perfmodel.predictor.FeatureCache`).
 
     Args:
@@ -75,7 +77,7 @@ class GNNCostModel(ms.cost_model.PyCostModel):
             self.load(str(path or DEFAULT_CHECKPOINT))
         else:
             self.predictor = predictor
-        self._tasks: dict[int, dict[str, Any]] = {}  # workload hash -> flops, ref, id, target mismatch
+        self._tasks: dict[int, dict[str, Any]] = {}  # workload hash -> flops, ref, id, target (mismatch)
         self._updates = 0
 
     @classmethod
@@ -107,7 +109,8 @@ class GNNCostModel(ms.cost_model.PyCostModel):
             self.stats.target_mismatch += 1
         cache = self.features if self.features.size else None
         log_t = self.predictor.predict_schedules([c.sch for c in candidates], flops=task["flops"],
-                                                 batch_size=self.batch_size, cache=cache, explore=self.explore)
+                                                 batch_size=self.batch_size, cache=cache, explore=self.explore,
+                                                 target=task["target"])
         with np.errstate(invalid="ignore"):
             return np.where(np.isfinite(log_t), np.exp(np.clip(task["ref"] - log_t, -_MAX_EXP, _MAX_EXP)), np.nan)
 
@@ -121,7 +124,7 @@ class GNNCostModel(ms.cost_model.PyCostModel):
         if self.frozen or not ok:
             return
         task = self._task(context)
-        datas = self.predictor.featurize([candidates[i].sch for i in ok], flops=task["flops"])
+        datas = self.predictor.featurize([candidates[i].sch for i in ok], flops=task["flops"], target=task["target"])
         self.buffer.add(datas, [math.log(secs[i]) for i in ok], task["id"])
         if self._updates % self.update_every == 0 and len(self.buffer) >= 2:
             b = self.buffer
@@ -141,8 +144,9 @@ class GNNCostModel(ms.cost_model.PyCostModel):
                 flops = 0.0
             # score = exp(ref - log_time): GFLOP/s, or millions of runs per second without FLOPs
             ref = math.log(flops / 1e9) if flops > 0 else math.log(1e-6)
-            self._tasks[key] = {"flops": flops, "ref": ref, "id": len(self._tasks),
-                                "mismatch": self.predictor.target_mismatch(getattr(context, "target", None))}
+            target = getattr(context, "target", None)
+            self._tasks[key] = {"flops": flops, "ref": ref, "id": len(self._tasks), "target": target,
+                                "mismatch": self.predictor.target_mismatch(target)}
         return self._tasks[key]
 
 

@@ -18,14 +18,17 @@ ms = load_ms()
 
 
 def make_checkpoint(path: Path, *, hidden: int = 16, seed: int = 0, in_dim: int | None = None,
-                    target: dict | None = None) -> Path:
-    """An untrained network of the featurizer's real widths, saved in the checkpoint layout."""
+                    target: dict | None = None, target_vocab: list[dict] | None = None) -> Path:
+    """An untrained network of the featurizer's real widths, saved in the checkpoint layout
+    (with ``target_vocab``: a network with the target input, one entry per target)."""
     from perfmodel.featurize.schema import EDGE_FEATURES, NODE_FEATURES, SCHEMA_VERSION
     from perfmodel.models import build_model
 
     torch.manual_seed(seed)
     cfg = {"name": "gin", "in_dim": in_dim or len(NODE_FEATURES), "edge_dim": len(EDGE_FEATURES), "hidden": hidden}
     meta = {"model": cfg, "schema_version": SCHEMA_VERSION, "norm": None, "granularity": "stage", "target": target}
+    if target_vocab:
+        cfg["target_input"], meta["target_vocab"] = len(target_vocab), target_vocab
     return Predictor(model=build_model(cfg), meta=meta).save(path)
 
 
@@ -214,6 +217,36 @@ def test_warns_once_when_scoring_for_another_target(space, candidates: list, tmp
     with caplog.at_level(logging.WARNING, logger="perfmodel.plugin"):
         model.predict(space.ctx, candidates)
     assert not [r for r in caplog.records if r.name == "perfmodel.plugin"] and model.stats.target_mismatch == 0
+
+
+def test_target_input_scores_for_the_tuning_target(space, candidates: list, tmp_path: Path, caplog) -> None:
+    """A checkpoint with the target input scores for ``context.target`` (llvm, no mcpu, 1 core) when it knows
+    it; else as its most common target, with the one target-mismatch warning."""
+    znver3, generic = {"kind": "llvm", "mcpu": "znver3", "threads": 1}, {"kind": "llvm", "mcpu": "generic", "threads": 1}
+    both = make_checkpoint(tmp_path / "both.ckpt", target=znver3, target_vocab=[znver3, generic])
+    pred = Predictor.from_checkpoint(both)
+    schs = [c.sch for c in candidates]
+    flops = 2 * 64**3
+    as_znver3, as_generic = (pred.predict_schedules(schs, flops=flops, target=t) for t in (znver3, generic))
+    assert not np.allclose(as_znver3, as_generic)
+    model = GNNCostModel(predictor=pred, frozen=True)
+    with caplog.at_level(logging.WARNING, logger="perfmodel.plugin"):
+        scores = model.predict(space.ctx, candidates)
+    assert not [r for r in caplog.records if r.name == "perfmodel.plugin"] and model.stats.target_mismatch == 0
+    np.testing.assert_allclose(np.log(scores), np.log(flops / 1e9) - as_generic, rtol=1e-9)
+    model.frozen = False  # update featurizes the measured candidates for the same target
+    model.update(space.ctx, candidates, _results(len(candidates)))
+    assert {int(d.target_id) for d in model.buffer.datas} == {1}
+    caplog.clear()
+    only = make_checkpoint(tmp_path / "znver3.ckpt", target=znver3, target_vocab=[znver3])
+    model = make_cost_model("gnn", checkpoint=only, frozen=True)
+    with caplog.at_level(logging.WARNING, logger="perfmodel.plugin"):
+        model.predict(space.ctx, candidates)
+        scores = model.predict(space.ctx, candidates)
+    msgs = [r.getMessage() for r in caplog.records if r.name == "perfmodel.plugin"]
+    assert len(msgs) == 1 and "(scored as llvm/znver3/1 thread(s))" in msgs[0] and model.stats.target_mismatch == 2
+    np.testing.assert_allclose(np.log(scores), np.log(flops / 1e9) - Predictor.from_checkpoint(only).predict_schedules(
+        schs, flops=flops, target=znver3), rtol=1e-9)
 
 
 def test_bad_checkpoints_give_one_clear_error(tmp_path: Path) -> None:
