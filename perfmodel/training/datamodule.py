@@ -55,6 +55,9 @@ class ScheduleDataModule(L.LightningDataModule):
         val: validation fraction.
         test: test fraction.
         holdout_family: the test family of a ``family`` split.
+        eval_db: one of ``db_paths`` (``None``: all): the val and test splits keep only its records,
+            train keeps every database's. Tasks are split before, so a held-out task is held out of
+            training in every database; val/test records of the other databases are left unused.
         batch_size: training records per batch.
         tasks_per_batch: tasks per training batch.
         eval_batch_size: records per validation / test batch.
@@ -81,6 +84,7 @@ class ScheduleDataModule(L.LightningDataModule):
         val: float = 0.1,
         test: float = 0.2,
         holdout_family: str | None = None,
+        eval_db: str | None = None,
         batch_size: int = 64,
         tasks_per_batch: int = 4,
         eval_batch_size: int = 512,
@@ -95,7 +99,7 @@ class ScheduleDataModule(L.LightningDataModule):
         self.root, self.db_paths, self.granularity = str(root), [str(p) for p in db_paths], granularity
         self.max_records, self.max_spread, self.workers = max_records, max_spread, workers
         self.split_kind, self.split_seed, self.val, self.test = split, split_seed, val, test
-        self.holdout_family = holdout_family
+        self.holdout_family, self.eval_db = holdout_family, (str(eval_db) if eval_db else None)
         self.batch_size, self.tasks_per_batch, self.eval_batch_size = batch_size, tasks_per_batch, eval_batch_size
         self.max_per_task, self.normalize, self.num_workers, self.seed = max_per_task, normalize, num_workers, seed
         self.dataset, self.splits = dataset, splits
@@ -123,7 +127,13 @@ class ScheduleDataModule(L.LightningDataModule):
                                      test=self.test, holdout_family=self.holdout_family)
         ids = getattr(self.dataset, "task_ids", None)
         self.task_ids = np.asarray(ids if ids is not None else field(self.dataset, "task"), dtype=np.int64)
-        self.splits = {k: self._cap(np.asarray(v, dtype=np.int64)) for k, v in self.splits.items()}
+        self.splits = {k: np.asarray(v, dtype=np.int64) for k, v in self.splits.items()}
+        if self.eval_db:
+            if not hasattr(self.dataset, "from_databases"):
+                raise ValueError("data.eval_db needs a ScheduleDataset (records with their databases)")
+            keep = self.dataset.from_databases(self.eval_db)
+            self.splits.update({k: self.splits[k][keep[self.splits[k]]] for k in ("val", "test")})
+        self.splits = {k: self._cap(v) for k, v in self.splits.items()}
         for part in ("train", "val"):
             if len(self.splits[part]) == 0:
                 raise ValueError(f"the {part} split of {len(self.dataset)} records in "
@@ -152,6 +162,11 @@ class ScheduleDataModule(L.LightningDataModule):
     def num_edge_features(self) -> int:
         ea = getattr(self.dataset[0], "edge_attr", None)
         return int(ea.size(-1)) if ea is not None else 0
+
+    @property
+    def targets(self) -> list[dict[str, Any]]:
+        """The dataset's ``target_id`` vocabulary (``{kind, mcpu, threads}``; empty: a dataset without targets)."""
+        return [dict(t) for t in getattr(self.dataset, "targets", None) or []]
 
     @property
     def task_names(self) -> list[str]:

@@ -23,11 +23,24 @@ from perfmodel.training.module import LOGGED, CostModelModule
 log = logging.getLogger(__name__)
 
 
-def model_config(cfg_model: DictConfig | dict[str, Any], *, in_dim: int, edge_dim: int) -> dict[str, Any]:
-    """The plain dict a checkpoint stores to rebuild the model (``build_model`` form)."""
+def model_config(cfg_model: DictConfig | dict[str, Any], *, in_dim: int, edge_dim: int,
+                 n_targets: int = 0) -> dict[str, Any]:
+    """The plain dict a checkpoint stores to rebuild the model (``build_model`` form).
+
+    ``target_input: true`` becomes ``n_targets`` (the dataset's target vocabulary size), ``false`` 0.
+
+    Raises:
+        ValueError: an unknown model, or ``target_input: true`` on a dataset without targets.
+    """
     from perfmodel.models import MODELS
 
     c = OmegaConf.to_container(cfg_model, resolve=True) if isinstance(cfg_model, DictConfig) else dict(cfg_model)
+    ti = c.get("target_input")
+    if isinstance(ti, bool) or (ti is None and "target_input" in c):
+        if ti and n_targets < 1:
+            raise ValueError("model.target_input=true needs a dataset whose graphs carry target_id "
+                             "(a ScheduleDataset of measured records)")
+        c["target_input"] = n_targets if ti else 0
     target = c.pop("_target_", None)
     name = c.pop("name", None)
     if name is None:
@@ -44,17 +57,20 @@ def build_module(cfg: DictConfig, dm: ScheduleDataModule) -> CostModelModule:
     from perfmodel.models import build_model
     from perfmodel.predictor import checkpoint_meta
 
-    mcfg = model_config(cfg.model, in_dim=dm.num_node_features, edge_dim=dm.num_edge_features)
+    mcfg = model_config(cfg.model, in_dim=dm.num_node_features, edge_dim=dm.num_edge_features,
+                        n_targets=len(dm.targets))
     model = build_model(mcfg)
-    model.set_flops_stats(dm.train_log_flops(), dm.train_log_secs(), dm.train_log_bytes())
+    # io_bytes only where the model reads them (synthetic graphs have none)
+    model.set_flops_stats(dm.train_log_flops(), dm.train_log_secs(),
+                          dm.train_log_bytes() if mcfg.get("use_bytes") else None)
     names = dm.task_names
     test_tasks = sorted({names[int(t)] for t in np.unique(dm.task_ids[dm.splits["test"]])})
     split = {"kind": dm.split_kind, "seed": dm.split_seed, "val": dm.val, "test": dm.test,
              "n_train": int(len(dm.splits["train"])), "n_val": int(len(dm.splits["val"])),
-             "n_test": int(len(dm.splits["test"])), "test_tasks": test_tasks}
+             "n_test": int(len(dm.splits["test"])), "test_tasks": test_tasks, "eval_db": dm.eval_db}
     meta = checkpoint_meta(model=mcfg, granularity=dm.granularity, norm=dm.norm_state(), fingerprint=dm.fingerprint(),
                            task_names=names, split=split, db_paths=dm.db_paths, targets=dm.train_targets(),
-                           seed=int(cfg.get("seed", 0)))
+                           seed=int(cfg.get("seed", 0)), target_vocab=dm.targets if mcfg.get("target_input") else None)
     return CostModelModule(model=model, loss=instantiate(cfg.loss), optimizer=instantiate(cfg.optim),
                            scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None, meta=meta)
 

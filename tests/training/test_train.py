@@ -134,3 +134,47 @@ def test_checkpoint_records_the_split_evaluate_reads(tmp_path: Path) -> None:
     assert test and not test & train_tasks
     assert pred.split["test_tasks"] == sorted(test) and pred.heldout_tasks() == test
     assert heldout_from(pred, [], None)() == test  # what `perfmodel evaluate` scores on the training data
+
+
+def test_model_config_turns_target_input_into_the_vocabulary_size() -> None:
+    from perfmodel.training.train import model_config
+
+    base = {"_target_": "perfmodel.models.GINE", "hidden": 8}
+    assert model_config({**base, "target_input": True}, in_dim=4, edge_dim=2, n_targets=3)["target_input"] == 3
+    assert model_config({**base, "target_input": False}, in_dim=4, edge_dim=2, n_targets=3)["target_input"] == 0
+    assert "target_input" not in model_config(base, in_dim=4, edge_dim=2)  # a config from before the option
+    with pytest.raises(ValueError, match="target_id"):
+        model_config({**base, "target_input": True}, in_dim=4, edge_dim=2, n_targets=0)  # e.g. synthetic graphs
+
+
+@pytest.mark.slow  # measures two tiny databases (conftest.two_target_dbs)
+def test_both_targets_preset_trains_on_both_folders_and_evaluates_on_one(two_target_dbs, tmp_path: Path) -> None:
+    from hydra.utils import instantiate
+
+    from perfmodel.training import ScheduleDataModule
+    from perfmodel.workloads import target_summary
+
+    native, generic = two_target_dbs  # GMM-0, NRM-0, SFM-0 in each: one task each for train, val, test
+    cfg = _cfg(tmp_path, "experiment=both_targets", f"data.db_paths=[{native},{generic}]", f"data.eval_db={native}",
+               "data.val=0.34", "data.test=0.34", "baseline=null", "trainer.max_epochs=2", "model.hidden=16",
+               "trainer.log_every_n_steps=1")
+    dm = instantiate(cfg.data)
+    dm.setup("fit")
+    native_rec = dm.dataset.from_databases(native)
+    s = dm.splits
+    assert len(s["test"]) and len(s["val"]) and native_rec[s["val"]].all() and native_rec[s["test"]].all()
+    assert native_rec[s["train"]].any() and not native_rec[s["train"]].all()  # train: both folders
+    held_out = set(dm.task_ids[s["test"]]) | set(dm.task_ids[s["val"]])
+    assert not held_out & set(dm.task_ids[s["train"]])  # not from the other folder either
+    plain = ScheduleDataModule(dataset=dm.dataset, split="task", val=0.34, test=0.34)  # without eval_db: both
+    plain.setup()
+    assert not native_rec[plain.splits["test"]].all() and np.array_equal(plain.splits["train"], s["train"])
+    out = train(cfg)
+    pred = Predictor.from_checkpoint(out["ckpt"])
+    assert pred.meta["model"]["target_input"] == 2 and pred.target_input
+    assert pred.target_vocab == dm.targets and len(dm.targets) == 2
+    assert pred.split["eval_db"] == str(native) and out["n_test"] == len(s["test"])
+    for t in dm.targets:  # a model with the target input knows both targets: no mismatch for either
+        assert pred.target_mismatch(t) is None
+    assert pred.target_index(target_summary({"kind": "llvm", "num-cores": 1})) == dm.targets.index(
+        {"kind": "llvm", "mcpu": "generic", "threads": 1})

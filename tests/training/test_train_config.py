@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
@@ -115,10 +116,19 @@ def test_experiment_presets_only_set_known_keys(name: str, tmp_path: Path) -> No
             out += leaves(v, f"{prefix}{k}.") if isinstance(v, dict) and v else [f"{prefix}{k}"]
         return out
 
+    raw = OmegaConf.to_container(cfg)  # unresolved: a preset may name paths through ${paths.data_dir}
     for key in leaves(OmegaConf.to_container(preset)):
         assert OmegaConf.select(base, key, default=missing) is not missing, \
             f"experiment={name} sets {key}, which conf/train.yaml does not have (a typo is silently added)"
-        assert OmegaConf.select(cfg, key) == OmegaConf.select(preset, key)
+        assert functools.reduce(dict.get, key.split("."), raw) == \
+            functools.reduce(dict.get, key.split("."), OmegaConf.to_container(preset))
+
+
+def test_both_targets_preset_evaluates_on_one_of_its_folders(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path, "experiment=both_targets")
+    assert cfg.data.eval_db in cfg.data.db_paths and len(cfg.data.db_paths) == 2
+    assert cfg.data.eval_db.endswith("/amd-epyc-znver3-t1") and cfg.model.target_input is True
+    assert _cfg(tmp_path).data.eval_db is None and _cfg(tmp_path).model.target_input is False  # off by default
 
 
 def test_optimizer_and_scheduler_anneal_to_eta_min(tmp_path: Path) -> None:
