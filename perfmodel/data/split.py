@@ -29,7 +29,7 @@ def _cut(n: int, val: float, test: float) -> tuple[int, int]:
 
 
 def make_split(dataset: Any, kind: str = "random", seed: int = 0, val: float = 0.1, test: float = 0.2,
-               holdout_family: str | None = None) -> dict[str, np.ndarray]:
+               holdout_family: str | None = None, test_tasks: list[str] | None = None) -> dict[str, np.ndarray]:
     """Indices of a train/val/test split, reproducible from ``seed``.
 
     Args:
@@ -42,6 +42,9 @@ def make_split(dataset: Any, kind: str = "random", seed: int = 0, val: float = 0
         val: validation fraction.
         test: test fraction (ignored by ``"family"``).
         holdout_family: the family tested by ``"family"`` (name); ``None`` picks one from ``seed``.
+        test_tasks: ``"task"`` only: these tasks (names) are the test set, instead of a ``test``
+            fraction drawn from ``seed`` (val is still drawn from the rest): to compare runs whose
+            datasets hold different task sets on the same held-out tasks.
 
     Returns:
         ``{"train", "val", "test"}`` -> sorted ``np.int64`` index arrays, disjoint and covering the dataset.
@@ -63,6 +66,17 @@ def make_split(dataset: Any, kind: str = "random", seed: int = 0, val: float = 0
             parts["test"].append(idx[:n_test])
             parts["val"].append(idx[n_test:n_test + n_val])
             parts["train"].append(idx[n_test + n_val:])
+    elif kind == "task" and test_tasks is not None:
+        names = list(getattr(dataset, "task_names", []))
+        missing = sorted(set(test_tasks) - set(names))
+        if missing:
+            raise ValueError(f"test_tasks not in the dataset: {', '.join(missing)}")
+        chosen = np.array(sorted(names.index(t) for t in set(test_tasks)), dtype=np.int64)
+        rest = rng.permutation(np.setdiff1d(np.unique(tasks), chosen))
+        _, n_val = _cut(len(rest), val, 0.0)
+        groups = {"test": chosen, "val": rest[:n_val], "train": rest[n_val:]}
+        for k, ts in groups.items():
+            parts[k].append(np.flatnonzero(np.isin(tasks, ts)))
     elif kind == "task":
         uniq = rng.permutation(np.unique(tasks))
         n_test, n_val = _cut(len(uniq), val, test)

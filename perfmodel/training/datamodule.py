@@ -55,6 +55,7 @@ class ScheduleDataModule(L.LightningDataModule):
         val: validation fraction.
         test: test fraction.
         holdout_family: the test family of a ``family`` split.
+        test_tasks: the test tasks (names) of a ``task`` split instead of a drawn ``test`` fraction.
         eval_db: one of ``db_paths`` (``None``: all): the val and test splits keep only its records,
             train keeps every database's. Tasks are split before, so a held-out task is held out of
             training in every database; val/test records of the other databases are left unused.
@@ -84,6 +85,7 @@ class ScheduleDataModule(L.LightningDataModule):
         val: float = 0.1,
         test: float = 0.2,
         holdout_family: str | None = None,
+        test_tasks: list[str] | None = None,
         eval_db: str | None = None,
         batch_size: int = 64,
         tasks_per_batch: int = 4,
@@ -100,6 +102,7 @@ class ScheduleDataModule(L.LightningDataModule):
         self.max_records, self.max_spread, self.workers = max_records, max_spread, workers
         self.split_kind, self.split_seed, self.val, self.test = split, split_seed, val, test
         self.holdout_family, self.eval_db = holdout_family, (str(eval_db) if eval_db else None)
+        self.test_tasks = [str(t) for t in test_tasks] if test_tasks else None
         self.batch_size, self.tasks_per_batch, self.eval_batch_size = batch_size, tasks_per_batch, eval_batch_size
         self.max_per_task, self.normalize, self.num_workers, self.seed = max_per_task, normalize, num_workers, seed
         self.dataset, self.splits = dataset, splits
@@ -124,7 +127,8 @@ class ScheduleDataModule(L.LightningDataModule):
             from perfmodel.data import make_split
 
             self.splits = make_split(self.dataset, kind=self.split_kind, seed=self.split_seed, val=self.val,
-                                     test=self.test, holdout_family=self.holdout_family)
+                                     test=self.test, holdout_family=self.holdout_family,
+                                     test_tasks=self.test_tasks)
         ids = getattr(self.dataset, "task_ids", None)
         self.task_ids = np.asarray(ids if ids is not None else field(self.dataset, "task"), dtype=np.int64)
         self.splits = {k: np.asarray(v, dtype=np.int64) for k, v in self.splits.items()}

@@ -107,6 +107,13 @@ def test_splits_are_reproducible_disjoint_and_grouped(dataset):
     assert set(tasks[s["train"]]) == set(tasks)  # every task is seen in training
     with pytest.raises(ValueError, match="holdout_family"):
         make_split(dataset, "family", holdout_family="no-such-family")
+    chosen = [dataset.task_names[int(t)] for t in sorted(set(tasks.tolist()))[:2]]
+    s = make_split(dataset, "task", seed=5, test_tasks=chosen)  # the named tasks, whatever the seed
+    assert {dataset.task_names[int(t)] for t in tasks[s["test"]]} == set(chosen)
+    assert not set(tasks[s["train"]]) & (set(tasks[s["test"]]) | set(tasks[s["val"]])) and len(s["val"])
+    assert sum(len(v) for v in s.values()) == n
+    with pytest.raises(ValueError, match="test_tasks not in the dataset: nope"):
+        make_split(dataset, "task", test_tasks=["nope"])
 
 
 @pytest.mark.slow  # opens the 29 MB shipped database
