@@ -11,7 +11,8 @@ one model (``ensemble=1``) is trained without any task of that family (``data.sp
 scored on that family; the JSON then has ``lofo`` (per family: pairwise, tau, peak1, peak5, n) and
 ``lofo_min_pairwise``.
 
-    python benchmarks/bench_accuracy.py [--quick] [--checkpoint PATH] [--db DIR] [--lofo [--lofo-epochs N]]
+    python benchmarks/bench_accuracy.py [--quick] [--checkpoint PATH] [--db DIR] [--train-db DIR,DIR]
+                                        [--lofo [--lofo-epochs N]]
 """
 
 from __future__ import annotations
@@ -89,6 +90,9 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="baselines on <= 64 records per task, shorter training")
     ap.add_argument("--checkpoint", default=None, help="default: perfmodel/pretrained/gnn.ckpt")
     ap.add_argument("--db", default=str(DEFAULT_TRAIN_DB), help="the dataset (evaluated and trained on)")
+    ap.add_argument("--train-db", default=None,
+                    help="comma-separated databases the baselines train on (default: --db); give every folder "
+                         "the checkpoint trained on, e.g. with a target-input model trained on two folders")
     ap.add_argument("--baselines", default="xgb,mlp,xgb-latency,random")
     ap.add_argument("--lofo", action="store_true", help="also the leave-one-family-out view (one training per family)")
     ap.add_argument("--lofo-epochs", type=int, default=15, help="epochs of each leave-one-family-out training")
@@ -97,8 +101,9 @@ def main() -> int:
     t0 = time.perf_counter()
     predictor = load_predictor(args.checkpoint, required=False)
     baselines = [b for b in args.baselines.split(",") if b]
-    res = evaluate([args.db], predictor=predictor, train_db=[args.db], baselines=baselines, seed=0,
-                   quick=args.quick, heldout=heldout_from(predictor, [args.db], None),
+    train_db = [p for p in (args.train_db or args.db).split(",") if p]
+    res = evaluate([args.db], predictor=predictor, train_db=train_db, baselines=baselines, seed=0,
+                   quick=args.quick, heldout=heldout_from(predictor, train_db, None),
                    train_per_task=64 if args.quick else None, log=lambda m: print(m, file=sys.stderr))
     out = res.to_json()
     print(f"held-out tasks of {args.db}: {len(out['tasks'])} tasks, "
