@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -145,16 +146,30 @@ def test_a_checkpoint_without_target_input_loads_and_ignores_targets(tmp_path: P
 
 
 @pytest.mark.skipif(not predictor_mod.DEFAULT_CHECKPOINT.is_file(), reason="no shipped checkpoint")
-def test_the_shipped_checkpoint_has_no_target_input(target) -> None:
+def test_the_shipped_checkpoint_scores_for_the_targets_it_knows(target) -> None:
+    """Without the target input, the target changes nothing; with it, every target of its vocabulary
+    is scored as itself (a generic x86 target differs from a native one) and an unknown target as
+    the first, most common one."""
     from perfmodel.collect.sampler import TaskSpace
     from conftest import matmul_mod
 
     p = load_predictor()
     configs = p.meta["model"].get("members") or [p.meta["model"]]
-    assert not p.target_input and not any(c.get("target_input") for c in configs)
+    assert p.target_input == any(c.get("target_input") for c in configs)
     space = TaskSpace(mod=matmul_mod(), target=target)
     schs = [s for _, s in zip(range(4), (s for _, s in space.random_stream()))]
-    assert np.array_equal(p.predict_schedules(schs, target=target), p.predict_schedules(schs))
+    plain = p.predict_schedules(schs)
+    if not p.target_input:
+        assert np.array_equal(p.predict_schedules(schs, target=target), plain)
+        return
+    vocab = p.target_vocab
+    assert vocab and len({json.dumps(t, sort_keys=True) for t in vocab}) == len(vocab)
+    per = [p.predict_schedules(schs, target=t) for t in vocab]
+    assert np.array_equal(per[0], plain)  # no target given: scored as the most common one
+    assert all(not np.array_equal(per[0], q) for q in per[1:]), "each known target has its own scale"
+    unknown = {"kind": "llvm", "mcpu": "no-such-cpu", "threads": 64}
+    assert p.target_index(unknown) is None and "scored as" in (p.target_mismatch(unknown) or "")
+    assert np.array_equal(p.predict_schedules(schs, target=unknown), plain)
 
 
 def test_heldout_tasks_recorded_rebuilt_or_unknown() -> None:
