@@ -39,3 +39,13 @@ def test_a_baseline_ahead_on_one_ranking_metric_is_named() -> None:
     assert any("mlp" in d and "peak1" in d for d in failed)
     assert any("leave-one-family-out" in d for d in failed)
     assert b.targets({"gnn": {"error": "no checkpoint"}}) == [("gnn scored", False)]
+
+
+def test_lofo_minimum_skips_families_too_small_to_judge() -> None:
+    b = _bench()
+    per = {"conv": {"pairwise_acc": 0.70, "n_records": 900}, "matmul": {"pairwise_acc": 0.82, "n_records": 300},
+           "elementwise": {"pairwise_acc": 0.5, "n_records": 7}, "pool": {"pairwise_acc": None, "n_records": 50}}
+    assert b.lofo_min_pairwise(per) == 0.70
+    per["conv"]["pairwise_acc"] = 0.9
+    assert b.lofo_min_pairwise(per) == 0.82
+    assert b.lofo_min_pairwise({"elementwise": per["elementwise"]}) is None
