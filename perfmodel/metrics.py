@@ -70,10 +70,17 @@ def rmse_log(pred_log: Any, true_log: Any) -> float:
     return float(np.sqrt(np.mean((p - t) ** 2))) if t.size else NAN
 
 
+# R² compares the error with the spread of the truth: for a task whose schedules all run within the
+# labels' own measurement noise (a few %; benchmarks/bench_noise.py), the spread is noise and R² an
+# arbitrarily large negative number (-600 for an element-wise task with two records 1.3% apart).
+R2_MIN_STD = 0.03  # std of the measured log times below which a task's R² is undefined (nan)
+
+
 def r2(pred_log: Any, true_log: Any) -> float:
-    """Coefficient of determination of log times; ``nan`` when the truth is constant."""
+    """Coefficient of determination of log times; ``nan`` when the truth is constant or its spread
+    (std of log times) is below ``R2_MIN_STD``, the measurement noise."""
     p, t = _pair(pred_log, true_log)
-    return NAN if _constant(t) else float(r2_score(t, p))
+    return NAN if _constant(t) or float(np.std(t)) < R2_MIN_STD else float(r2_score(t, p))
 
 
 def spearman(pred: Any, true: Any) -> float:

@@ -107,6 +107,9 @@ def test_absolute_errors() -> None:
     assert M.r2([1.0, 2.0, 3.0], [1.0, 2.0, 3.0]) == 1.0
     assert M.r2([2.0, 2.0, 2.0], [1.0, 2.0, 3.0]) == pytest.approx(0.0)
     assert math.isnan(M.r2([1.0, 2.0], [5.0, 5.0]))
+    # two schedules 1.3% apart: the spread is measurement noise, R² would be about -600
+    assert math.isnan(M.r2([-5.60, -5.45], [-5.542, -5.529]))
+    assert M.r2([-5.60, -5.45], [-5.6, -5.4]) > 0.5
     with pytest.raises(ValueError, match="must be > 0"):
         M.mape([1.0], [0.0])
     with pytest.raises(ValueError, match="2 values but truth has 3"):
