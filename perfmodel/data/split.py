@@ -59,6 +59,7 @@ def make_split(dataset: Any, kind: str = "random", seed: int = 0, val: float = 0
     rng = np.random.default_rng(seed)
     tasks = _ids(dataset, "task")
     parts: dict[str, list[np.ndarray]] = {"train": [], "val": [], "test": []}
+    groups: dict[str, np.ndarray] = {}  # task kinds: the tasks of each part
     if kind == "random":
         for t in np.unique(tasks):
             idx = rng.permutation(np.flatnonzero(tasks == t))
@@ -75,14 +76,10 @@ def make_split(dataset: Any, kind: str = "random", seed: int = 0, val: float = 0
         rest = rng.permutation(np.setdiff1d(np.unique(tasks), chosen))
         _, n_val = _cut(len(rest), val, 0.0)
         groups = {"test": chosen, "val": rest[:n_val], "train": rest[n_val:]}
-        for k, ts in groups.items():
-            parts[k].append(np.flatnonzero(np.isin(tasks, ts)))
     elif kind == "task":
         uniq = rng.permutation(np.unique(tasks))
         n_test, n_val = _cut(len(uniq), val, test)
         groups = {"test": uniq[:n_test], "val": uniq[n_test:n_test + n_val], "train": uniq[n_test + n_val:]}
-        for k, ts in groups.items():
-            parts[k].append(np.flatnonzero(np.isin(tasks, ts)))
     else:
         fams = _ids(dataset, "family")
         names = list(getattr(dataset, "families", [str(f) for f in sorted(set(fams.tolist()))]))
@@ -101,6 +98,8 @@ def make_split(dataset: Any, kind: str = "random", seed: int = 0, val: float = 0
         _, n_val = _cut(len(rest), val, 0.0)
         parts["val"].append(np.flatnonzero(np.isin(tasks, rest[:n_val]) & ~test_mask))
         parts["train"].append(np.flatnonzero(np.isin(tasks, rest[n_val:]) & ~test_mask))
+    for k, ts in groups.items():
+        parts[k].append(np.flatnonzero(np.isin(tasks, ts)))
     return {k: np.sort(np.concatenate(v)).astype(np.int64) if v else np.zeros(0, np.int64) for k, v in parts.items()}
 
 
