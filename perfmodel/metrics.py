@@ -6,8 +6,9 @@ Conventions, shared by training, ``perfmodel evaluate`` and the benchmarks:
   "higher is better" throughput score into one by negating it).
 - ``mape`` is a fraction (0.2 = 20%), computed on times in seconds.
 - Ranking metrics are computed inside one task (times of different tasks are not comparable)
-  and averaged over tasks with at least two records, each task counting once (TenSet's
-  convention), or with the weights given. Ties get average ranks (Spearman) and the tau-b
+  and averaged over tasks with at least ``RANK_MIN_RECORDS`` records, each task counting once
+  (TenSet's convention), or with the weights given; a smaller task still gets its own values in
+  ``per_task``. Ties get average ranks (Spearman) and the tau-b
   correction (Kendall).
 - A metric that is undefined for its input (no pair of distinct times, constant predictions,
   a single record) is ``nan``, never a made-up number; averages skip ``nan``.
@@ -31,6 +32,12 @@ RANKING = ("kendall_tau", "spearman", "pairwise_acc", "peak1", "peak5")
 METRICS = ABSOLUTE + RANKING
 
 NAN = float("nan")
+
+# A task enters the ranking averages only with at least this many records. With fewer, peak@5 is
+# 1.0 whatever the model does (its top 5 hold every schedule) and pairwise accuracy rests on a handful
+# of pairs, often closer together than the labels' noise: one 2-record task (one pair 1.3% apart)
+# moved a 13-task pairwise average by 0.06 (benchmarks/RESULTS.md). Its values stay in ``per_task``.
+RANK_MIN_RECORDS = 6
 
 
 def _arr(x: Any) -> np.ndarray:
@@ -180,8 +187,8 @@ def task_metrics(
 
     Returns:
         ``{metric: average}`` for the names in ``METRICS``, ``n_tasks``, ``n_records``,
-        ``n_tasks_ranked`` (tasks with >= 2 records, the ones the ranking averages use),
-        ``skipped_tasks`` (tasks left out of ranking metrics) and ``per_task``
+        ``n_tasks_ranked`` (tasks with >= ``RANK_MIN_RECORDS`` records, the ones the ranking
+        averages use), ``skipped_tasks`` (tasks left out of ranking averages) and ``per_task``
         (``{task: {metric: value, "n": records}}``).
     """
     p, t = _pair(pred_log, true_log)
@@ -195,9 +202,9 @@ def task_metrics(
     out: dict[str, Any] = {}
     for name in METRICS:
         out[name] = _average(per_task, name, task_weights, ranked_only=name in RANKING)
-    ranked = [k for k, v in per_task.items() if v["n"] >= 2]
+    ranked = [k for k, v in per_task.items() if v["n"] >= RANK_MIN_RECORDS]
     out.update(n_tasks=len(per_task), n_records=int(t.size), n_tasks_ranked=len(ranked),
-               skipped_tasks=[k for k, v in per_task.items() if v["n"] < 2], per_task=per_task)
+               skipped_tasks=[k for k in per_task if k not in ranked], per_task=per_task)
     return out
 
 
@@ -221,7 +228,7 @@ def _average(per_task: Mapping[Any, Mapping[str, float]], name: str, weights: Ma
     vals, ws = [], []
     for task, m in per_task.items():
         v = m[name]
-        if (ranked_only and m["n"] < 2) or not np.isfinite(v):
+        if (ranked_only and m["n"] < RANK_MIN_RECORDS) or not np.isfinite(v):
             continue
         vals.append(v)
         ws.append(1.0 if weights is None else float(weights.get(task, 1.0)))

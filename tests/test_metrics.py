@@ -122,29 +122,45 @@ def test_single_record_metrics_are_nan() -> None:
     assert M.peak_k([1.0], [2.0], 1) == 1.0
 
 
-def test_task_metrics_averages_over_tasks_and_reports_single_record_tasks() -> None:
-    true_log = np.log([1.0, 2.0, 4.0, 1.0, 2.0, 3.0])
-    # task a: perfect order, times off by x2 each; task b: reversed order; task c: one record
-    pred_log = np.r_[true_log[:3] + math.log(2.0), true_log[3:5][::-1], math.log(3.0)]
-    ids = ["a", "a", "a", "b", "b", "c"]
+def test_task_metrics_averages_over_tasks_and_reports_small_tasks() -> None:
+    n = M.RANK_MIN_RECORDS
+    ta = np.log(np.arange(1.0, n + 1))  # task a: perfect order, every time predicted x2
+    tb = np.log(np.arange(1.0, n + 1))  # task b: reversed order, exact times on the ends
+    true_log = np.r_[ta, tb, np.log([1.0, 2.0]), math.log(3.0)]
+    # task c: two records ordered wrongly (too small to rank); task d: one record
+    pred_log = np.r_[ta + math.log(2.0), tb[::-1], np.log([2.0, 1.0]), math.log(3.0)]
+    ids = ["a"] * n + ["b"] * n + ["c", "c", "d"]
     out = M.task_metrics(pred_log, true_log, ids)
-    assert out["n_tasks"] == 3 and out["n_records"] == 6 and out["n_tasks_ranked"] == 2
-    assert out["skipped_tasks"] == ["c"]
-    assert out["per_task"]["a"]["pairwise_acc"] == 1.0 and out["per_task"]["b"]["pairwise_acc"] == 0.0
-    assert math.isnan(out["per_task"]["c"]["kendall_tau"])
-    assert out["pairwise_acc"] == pytest.approx(0.5)  # (1 + 0) / 2: task c is not averaged in
+    assert out["n_tasks"] == 4 and out["n_records"] == 2 * n + 3 and out["n_tasks_ranked"] == 2
+    assert out["skipped_tasks"] == ["c", "d"]
+    assert out["per_task"]["a"]["pairwise_acc"] == 1.0 and out["per_task"]["b"]["pairwise_acc"] == pytest.approx(0.0)
+    assert out["per_task"]["c"]["pairwise_acc"] == 0.0  # its own value is kept ...
+    assert math.isnan(out["per_task"]["d"]["kendall_tau"])
+    assert out["pairwise_acc"] == pytest.approx(0.5)  # ... but only a and b are averaged: (1 + 0) / 2
     assert out["kendall_tau"] == pytest.approx(0.0)
-    assert out["peak1"] == pytest.approx((1.0 + 0.5) / 2)
-    # mape per task: a = 1.0 (x2 everywhere), b = (1 + 0.5)/2, c = 0; averaged over the 3 tasks
-    assert out["mape"] == pytest.approx((1.0 + 0.75 + 0.0) / 3)
-    assert out["per_task"]["c"]["n"] == 1
+    assert out["peak1"] == pytest.approx((1.0 + 1.0 / n) / 2)
+    # absolute metrics average every task: mape a = 1.0 (x2), c = (1 + 0.5) / 2, d = 0, b below
+    mape_b = float(np.mean(np.abs(np.arange(n, 0, -1) / np.arange(1.0, n + 1) - 1)))
+    assert out["mape"] == pytest.approx((1.0 + mape_b + 0.75 + 0.0) / 4)
+    assert out["per_task"]["d"]["n"] == 1
     assert set(M.METRICS) <= set(out)
 
 
+def test_a_task_below_the_minimum_cannot_move_the_ranking_average() -> None:
+    n = M.RANK_MIN_RECORDS
+    true_log = np.log(np.r_[np.arange(1.0, n + 1), np.arange(1.0, n)])
+    ids = ["big"] * n + ["small"] * (n - 1)
+    right = M.task_metrics(true_log, true_log, ids)
+    wrong_small = M.task_metrics(np.r_[true_log[:n], true_log[n:][::-1]], true_log, ids)
+    assert right["pairwise_acc"] == wrong_small["pairwise_acc"] == 1.0
+    assert wrong_small["per_task"]["small"]["pairwise_acc"] == pytest.approx(0.0)
+
+
 def test_task_metrics_weights_and_ranking_only_models() -> None:
-    true_log = np.log([1.0, 2.0, 1.0, 2.0])
-    score = np.array([0.0, 1.0, 1.0, 0.0])  # right on task 0, wrong on task 1
-    out = M.task_metrics(score, true_log, [0, 0, 1, 1], absolute=False, task_weights={0: 3.0, 1: 1.0})
+    n = M.RANK_MIN_RECORDS
+    true_log = np.log(np.r_[np.arange(1.0, n + 1), np.arange(1.0, n + 1)])
+    score = np.r_[np.arange(n), np.arange(n)[::-1]].astype(float)  # right on task 0, wrong on task 1
+    out = M.task_metrics(score, true_log, [0] * n + [1] * n, absolute=False, task_weights={0: 3.0, 1: 1.0})
     assert out["pairwise_acc"] == pytest.approx(0.75)
     assert all(math.isnan(out[k]) for k in M.ABSOLUTE)
     with pytest.raises(ValueError, match="task_ids has 3 values"):

@@ -21,7 +21,7 @@ import numpy as np
 
 from perfmodel.config import REPO
 from perfmodel.evaluate.records import TaskRecords, load_tasks
-from perfmodel.metrics import METRICS, task_metrics
+from perfmodel.metrics import METRICS, RANK_MIN_RECORDS, task_metrics
 from perfmodel.workloads import DEFAULT_DB
 
 DEFAULT_TRAIN_DB = DEFAULT_DB  # the default dataset (perfmodel.workloads: one home)
@@ -77,7 +77,7 @@ class EvalResult:
                 "models": {r.name: {k: self.metrics[r.name]["per_task"][t.name][k] for k in METRICS}
                            for r in self.runs if r.name in self.metrics and t.name in self.metrics[r.name]["per_task"]},
             }
-        skipped = sorted(t.name for t in self.tasks if len(t.times) < 2)
+        skipped = sorted(t.name for t in self.tasks if len(t.times) < RANK_MIN_RECORDS)
         return _nan_to_none({"models": models, "tasks": tasks, "skipped_tasks": skipped, "batch": self.batch,
                              "notes": self.notes, "config": self.config})
 
@@ -164,8 +164,9 @@ def evaluate(
         if r.error:
             notes.append(f"{r.name}: not scored: {r.error}")
     for t in eval_tasks:
-        if len(t.times) < 2:
-            notes.append(f"{t.name}: only {len(t.times)} valid record(s): left out of ranking metrics")
+        if len(t.times) < RANK_MIN_RECORDS:
+            notes.append(f"{t.name}: only {len(t.times)} valid record(s) (< {RANK_MIN_RECORDS}): "
+                         "left out of the ranking averages")
     metrics = {r.name: _metrics(r, eval_tasks) for r in runs if not r.error}
     batch = batch_view(eval_tasks, runs)
     if "note" in batch:

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from perfmodel.evaluate.evaluator import EvalResult
-from perfmodel.metrics import METRICS
+from perfmodel.metrics import METRICS, RANK_MIN_RECORDS
 
 _MAX_SCATTER_TASKS = 24  # tasks drawn in the predicted-vs-measured grid (most records first)
 
@@ -55,8 +55,8 @@ def write_report(result: EvalResult, out_dir: str | os.PathLike) -> Path:
            f"{', '.join(j['config']['train_db']) or '-'}.", ""]
     md += ["MAPE, RMSE (of natural-log seconds) and R² need predicted times: TVM's `xgb`/`mlp` predict "
            "normalized throughput and `random` a score, so theirs are `-`. Ranking metrics are per task, "
-           "averaged over tasks with >= 2 records (each task counts once). peak@k = best measured time / "
-           "best measured time among the model's k top picks.", ""]
+           f"averaged over tasks with >= {RANK_MIN_RECORDS} records (each task counts once). peak@k = best "
+           "measured time / best measured time among the model's k top picks.", ""]
     md += ["## Overall", ""]
     rows = []
     for name, m in j["models"].items():
@@ -172,7 +172,7 @@ def _tau_bars(result: EvalResult, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     runs = [r for r in result.runs if not r.error]
-    tasks = [t for t in result.tasks if len(t.times) >= 2]
+    tasks = [t for t in result.tasks if len(t.times) >= RANK_MIN_RECORDS]
     x = np.arange(len(tasks))
     w = 0.8 / max(1, len(runs))
     fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(tasks) * max(1, len(runs)) / 2), 3.8))
