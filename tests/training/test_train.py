@@ -64,8 +64,9 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_smoke_preset_on_tiny_db(tiny_db: Path, tmp_path: Path) -> None:
+    # a test fraction that leaves each of the 2 tasks >= RANK_MIN_RECORDS test records (ranking averages)
     cfg = _cfg(tmp_path, "experiment=smoke", f"data.db_paths=[{tiny_db}]", "data.split=random",
-               "data.max_records=null", "baseline=xgb")
+               "data.max_records=null", "data.val=0.2", "data.test=0.35", "baseline=xgb")
     out = train(cfg)
     assert Path(out["ckpt"]).is_file() and out["n_train"] > 20
     assert 0.0 <= out["test/pairwise_acc"] <= 1.0
