@@ -66,16 +66,19 @@ def task_split(dataset: SyntheticDataset, *, val: int = 1, test: int = 2, seed: 
 
 
 def synthetic_datamodule(*, n_tasks: int = 8, per_task: int = 32, node_dim: int = 16, edge_dim: int = 4,
-                         seed: int = 0, **kw: Any) -> Any:
+                         split_seed: int = 0, seed: int = 0, **kw: Any) -> Any:
     """A ``ScheduleDataModule`` over a ``SyntheticDataset`` with a held-out-task split (no normalization).
 
     Args:
-        n_tasks, per_task, node_dim, edge_dim, seed: of the ``SyntheticDataset``.
+        n_tasks, per_task, node_dim, edge_dim: of the ``SyntheticDataset``.
+        split_seed: seed of the dataset and its split (the data itself, like a database's records).
+        seed: seed of the batch order (ensemble members differ in it, not in their data).
         **kw: other ``ScheduleDataModule`` arguments (batch_size, tasks_per_batch...).
     """
     from perfmodel.training.datamodule import ScheduleDataModule
 
-    ds = SyntheticDataset(n_tasks=n_tasks, per_task=per_task, node_dim=node_dim, edge_dim=edge_dim, seed=seed)
+    ds = SyntheticDataset(n_tasks=n_tasks, per_task=per_task, node_dim=node_dim, edge_dim=edge_dim, seed=split_seed)
     kw = {k: v for k, v in kw.items() if k not in ("root", "db_paths", "split", "val", "test", "holdout_family", "max_records", "workers")}
     kw.setdefault("normalize", False)
-    return ScheduleDataModule(dataset=ds, splits=task_split(ds, seed=seed), split="task", **kw)
+    return ScheduleDataModule(dataset=ds, splits=task_split(ds, seed=split_seed), split="task", split_seed=split_seed,
+                              seed=seed, **kw)

@@ -102,14 +102,25 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     n_members = int(cfg.get("ensemble") or 1)
     if n_members < 1:
         raise ValueError(f"ensemble must be >= 1, got {n_members}")
-    ckpts = []
-    for i in range(n_members):
-        member_cfg = _member_config(cfg, i) if n_members > 1 else cfg
-        if i:
-            L.seed_everything(int(member_cfg.seed), workers=True, verbose=False)
-            log.info("ensemble member %d/%d (seed %d)", i + 1, n_members, int(member_cfg.seed))
-        trainer, module = _fit(member_cfg, dm)
-        ckpts.append(_best_checkpoint(trainer))
+    members = [_member_config(cfg, i) if n_members > 1 else cfg for i in range(n_members)]
+    workers = ensemble_workers(cfg, n_members)
+    base: dict[str, Any] | None = None
+    want_base = bool(cfg.get("baseline")) and len(dm.splits["test"]) > 0
+    if workers > 1:
+        # members are independent: train them in a pool of processes; the baseline fits here meanwhile
+        with _MemberPool(members, workers) as pool:
+            if want_base:
+                base, want_base = _baseline(cfg, dm), False
+            ckpts = pool.results()
+        trainer = instantiate(cfg.trainer, callbacks=[], logger=False, enable_checkpointing=False)
+        module = None
+    else:
+        ckpts = []
+        for i, member_cfg in enumerate(members):
+            if n_members > 1:
+                log.info("ensemble member %d/%d (seed %d)", i + 1, n_members, int(member_cfg.seed))
+            trainer, module = _fit(member_cfg, dm)
+            ckpts.append(_best_checkpoint(trainer))
     ckpt = ckpts[-1]
     if n_members > 1:
         from perfmodel.predictor import Predictor
@@ -125,18 +136,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         module = CostModelModule(model=ens.model, loss=instantiate(cfg.loss), optimizer=instantiate(cfg.optim),
                                  meta=ens.meta)
         log.info("ensemble of %d members: %s", n_members, ckpt)
+    if want_base and trainer.is_global_zero:
+        base = _baseline(cfg, dm)
     out: dict[str, Any] = {}
     if len(dm.splits["test"]) and cfg.get("test", True):
         trainer.test(module, datamodule=dm, ckpt_path=(ckpt or None) if n_members == 1 else None, verbose=False)
         m = module.last_metrics.get("test", {})
         out.update({f"test/{k}": _num(m.get(k)) for k in LOGGED})
         out["test/n_tasks"] = int(m.get("n_tasks", 0))
-    if cfg.get("baseline") and len(dm.splits["test"]) and trainer.is_global_zero:
-        try:
-            base = run_baseline(str(cfg.baseline), dm, seed=int(cfg.seed))
-            out.update({f"{cfg.baseline}/{k}": _num(base.get(k)) for k in LOGGED})
-        except (ImportError, NotImplementedError, ValueError) as e:
-            log.warning("baseline %s unavailable: %s", cfg.baseline, e)
+    if base is not None:
+        out.update({f"{cfg.baseline}/{k}": _num(base.get(k)) for k in LOGGED})
     out.update(ckpt=ckpt, n_train=int(len(dm.splits["train"])), n_test=int(len(dm.splits["test"])),
                seconds=round(time.perf_counter() - t0, 1))
     return out
@@ -147,6 +156,7 @@ def _member_config(cfg: DictConfig, i: int) -> DictConfig:
     c = copy.deepcopy(cfg)
     with open_dict(c):
         c.seed = int(cfg.seed) + i
+        c.data.seed = int(cfg.data.get("seed", cfg.seed)) + i  # each member its own batch order
         out = f"{cfg.paths.output_dir}/member{i}"
         mc = (c.get("callbacks") or {}).get("model_checkpoint")
         if mc is not None:
@@ -158,7 +168,11 @@ def _member_config(cfg: DictConfig, i: int) -> DictConfig:
 
 
 def _fit(cfg: DictConfig, dm: ScheduleDataModule) -> tuple[L.Trainer, CostModelModule]:
-    """Builds the module, callbacks, loggers and trainer of ``cfg`` and fits on ``dm``."""
+    """Seeds with ``cfg.seed``, builds the module, callbacks, loggers and trainer of ``cfg`` and fits on ``dm``
+    (whose batch order follows ``cfg.data.seed``: the same member trains the same in any process)."""
+    dm.seed = int(cfg.data.get("seed", cfg.seed)) if "data" in cfg else dm.seed
+    dm._train_sampler = None  # a fresh batch order per member
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     module = build_module(cfg, dm)
     callbacks = _instantiate_all(cfg.get("callbacks"))
     loggers = _instantiate_all(cfg.get("logger"))
@@ -167,6 +181,94 @@ def _fit(cfg: DictConfig, dm: ScheduleDataModule) -> tuple[L.Trainer, CostModelM
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     trainer.fit(module, datamodule=dm)
     return trainer, module
+
+
+def ensemble_workers(cfg: DictConfig, n_members: int) -> int:
+    """How many ensemble members train at once (``cfg.ensemble_workers``, at most one per member and CPU).
+
+    One (members in turn, in this process) unless the trainer is a plain single-device CPU trainer:
+    data-parallel and accelerator runs already spread one member over their devices.
+    """
+    import os
+
+    want = cfg.get("ensemble_workers")
+    want = 1 if want is None else int(want)
+    if want < 1:
+        raise ValueError(f"ensemble_workers must be >= 1, got {want}")
+    t = cfg.trainer
+    single_cpu = (str(t.get("accelerator", "cpu")) == "cpu" and str(t.get("devices", 1)) == "1"
+                  and not t.get("strategy") and int(t.get("num_nodes", 1) or 1) == 1)
+    return max(1, min(want, n_members, os.cpu_count() or 1)) if single_cpu else 1
+
+
+class _MemberPool:
+    """Ensemble members trained in spawned processes (each loads the data module from the cache the parent
+    built, trains with ``threads`` torch threads and returns its best checkpoint's path)."""
+
+    def __init__(self, members: list[DictConfig], workers: int) -> None:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        # resolved here: ${hydra:...} interpolations have no Hydra to answer them in a child
+        self._cfgs = [OmegaConf.to_container(m, resolve=True) for m in members]
+        self._pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"))
+        self._futures = [self._pool.submit(_member_job, c) for c in self._cfgs]
+        log.info("ensemble: %d members, %d at a time (processes)", len(members), workers)
+
+    def results(self) -> list[str]:
+        from concurrent.futures.process import BrokenProcessPool
+
+        ckpts = []
+        for i, f in enumerate(self._futures):
+            try:
+                ckpt, info = f.result()
+            except BrokenProcessPool as e:
+                raise RuntimeError(f"ensemble member {i} (seed {self._cfgs[i]['seed']}): its process died "
+                                   f"({e}); out of memory? try ensemble_workers=1") from e
+            log.info("ensemble member %d/%d (seed %d): best %s %s at epoch %s, %.0f s", i + 1, len(self._futures),
+                     self._cfgs[i]["seed"], info["monitor"], info["best"], info["epoch"], info["seconds"])
+            ckpts.append(ckpt)
+        return ckpts
+
+    def __enter__(self) -> "_MemberPool":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._pool.shutdown(wait=exc[0] is None, cancel_futures=exc[0] is not None)
+
+
+_WORKER_DM: dict[str, ScheduleDataModule] = {}  # a pool process's data module, built once for its members
+
+
+def _member_job(cfg_dict: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """One ensemble member in a pool process: the data module (cached per process), fit, best checkpoint."""
+    t0 = time.perf_counter()
+    cfg = OmegaConf.create(cfg_dict)
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
+    with open_dict(cfg):  # two members' progress bars on one terminal garble each other
+        cfg.trainer.enable_progress_bar = False
+        cfg.trainer.enable_model_summary = False
+    data_key = json.dumps({k: v for k, v in cfg_dict["data"].items() if k != "seed"}, sort_keys=True, default=str)
+    dm = _WORKER_DM.get(data_key)
+    if dm is None:
+        dm = _WORKER_DM[data_key] = instantiate(cfg.data)
+        dm.setup("fit")
+    trainer, _ = _fit(cfg, dm)
+    cb = trainer.checkpoint_callback
+    best = getattr(cb, "best_model_score", None)
+    info = {"monitor": getattr(cb, "monitor", None), "best": None if best is None else round(float(best), 4),
+            "epoch": trainer.current_epoch, "seconds": time.perf_counter() - t0}
+    return _best_checkpoint(trainer), info
+
+
+def _baseline(cfg: DictConfig, dm: ScheduleDataModule) -> dict[str, Any] | None:
+    """The configured baseline's test metrics, or ``None`` (with a warning) when it cannot run here."""
+    try:
+        return run_baseline(str(cfg.baseline), dm, seed=int(cfg.seed))
+    except (ImportError, NotImplementedError, ValueError) as e:
+        log.warning("baseline %s unavailable: %s", cfg.baseline, e)
+        return None
 
 
 def run_baseline(name: str, dm: ScheduleDataModule, *, seed: int = 0) -> dict[str, Any]:

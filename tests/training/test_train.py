@@ -119,6 +119,25 @@ def test_ensemble_trains_members_and_ships_their_mean(tmp_path: Path) -> None:
     assert 0.0 <= out["test/pairwise_acc"] <= 1.0
 
 
+def test_ensemble_members_train_the_same_in_a_pool_as_in_turn(tmp_path: Path) -> None:
+    from perfmodel.training.synthetic import SyntheticDataset
+    from perfmodel.training.train import ensemble_workers
+
+    common = ("data=synthetic", "baseline=null", "trainer.max_epochs=2", "model.hidden=16", "logger=none",
+              "ensemble=2")
+    pooled = train(_cfg(tmp_path / "pool", *common, "ensemble_workers=2"))
+    in_turn = train(_cfg(tmp_path / "turn", *common, "ensemble_workers=1"))
+    datas = [SyntheticDataset()[i] for i in range(20)]
+    a, b = (Predictor.from_checkpoint(o["ckpt"]).predict_data(datas) for o in (pooled, in_turn))
+    assert np.allclose(a, b, atol=1e-6)  # a member's result does not depend on where it trained
+    assert pooled["test/pairwise_acc"] == pytest.approx(in_turn["test/pairwise_acc"])
+    # data-parallel or accelerator trainers keep members in turn; never more processes than members
+    assert ensemble_workers(_cfg(tmp_path, "ensemble_workers=4"), 2) == 2
+    assert ensemble_workers(_cfg(tmp_path, "ensemble_workers=4", "trainer=ddp"), 5) == 1
+    with pytest.raises(ValueError, match="ensemble_workers"):
+        ensemble_workers(_cfg(tmp_path, "ensemble_workers=0"), 2)
+
+
 def test_checkpoint_records_the_split_evaluate_reads(tmp_path: Path) -> None:
     from hydra.utils import instantiate
 
