@@ -275,6 +275,7 @@ def _graph_of(db: Any, raw: Any, granularity: str) -> tuple[Data | None, str, st
 
 
 _worker_dbs: dict[str, Any] = {}
+POOL_MIN_JOBS = 64  # fewer records are featurized in this process (a pool's start costs more)
 
 
 def _worker_chunk(args: tuple[str, str, list[int]]) -> list[tuple[Data | None, str, str]]:
@@ -286,12 +287,15 @@ def _worker_chunk(args: tuple[str, str, list[int]]) -> list[tuple[Data | None, s
     if path not in _worker_dbs:
         _worker_dbs[path] = Database.open(path)
     db = _worker_dbs[path]
-    return [_graph_of(db, db.records[i], granularity) for i in positions]
+    # plain numpy arrays back to the parent: torch would share each tensor through a file descriptor
+    # (one per tensor: thousands of graphs exhaust the descriptor limit and kill the pool's result thread)
+    return [(None if g is None else {k: v.numpy() for k, v in g.to_dict().items()}, reason, msg)
+            for g, reason, msg in (_graph_of(db, db.records[i], granularity) for i in positions)]
 
 
 def _graphs(jobs: list, granularity: str, workers: int) -> Iterator[tuple[Data | None, str, str]]:
     """Graphs of the jobs' records, in order; ``workers`` > 1 uses a pool of forked processes."""
-    if workers <= 1 or len(jobs) < 64:
+    if workers <= 1 or len(jobs) < POOL_MIN_JOBS:
         for db, raw, *_ in jobs:
             yield _graph_of(db, raw, granularity)
         return
@@ -303,14 +307,20 @@ def _graphs(jobs: list, granularity: str, workers: int) -> Iterator[tuple[Data |
         key = str(db.path)
         if key not in pos:
             pos[key] = {id(r): i for i, r in enumerate(db.records)}
+            _worker_dbs[key] = db  # the forked workers inherit the parsed database instead of re-reading it
         i = pos[key][id(raw)]
         if chunks and chunks[-1][0] == key and len(chunks[-1][2]) < 32:
             chunks[-1][2].append(i)
         else:
             chunks.append((key, granularity, [i]))
     with mp.get_context("fork").Pool(workers) as pool:  # fork: no re-import of the caller's __main__
-        for out in pool.imap(_worker_chunk, chunks):
-            yield from out
+        try:
+            for out in pool.imap(_worker_chunk, chunks):
+                for arrays, reason, msg in out:
+                    yield (None if arrays is None else Data(**{k: torch.from_numpy(v) for k, v in arrays.items()}),
+                           reason, msg)
+        finally:
+            _worker_dbs.clear()
 
 
 def build(db_dirs: list[Path], *, granularity: str = "stage", max_records: int | None = None,

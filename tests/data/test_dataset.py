@@ -86,6 +86,26 @@ def test_second_build_hits_the_cache(dataset, shipped):
 
 
 @pytest.mark.slow  # opens the 29 MB shipped database
+def test_two_workers_build_the_same_graphs_under_a_small_descriptor_limit(dataset, shipped, tmp_path, monkeypatch):
+    import resource
+
+    from perfmodel.data import dataset as dataset_mod
+
+    monkeypatch.setattr(dataset_mod, "POOL_MIN_JOBS", 8)  # the test's few records still go through the pool
+    assert len(dataset) * 4 > 256  # ~4 tensors a graph: sharing each by descriptor would pass the limit below
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+    try:
+        two = ScheduleDataset(tmp_path / "cache2", shipped, max_records=PER_TASK, workers=2, progress=False)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert len(two) == len(dataset) and two.task_names == dataset.task_names
+    for i in range(len(two)):
+        a, b = two[i], dataset[i]
+        assert torch.equal(a.x, b.x) and torch.equal(a.edge_index, b.edge_index) and torch.equal(a.y, b.y)
+
+
+@pytest.mark.slow  # opens the 29 MB shipped database
 def test_splits_are_reproducible_disjoint_and_grouped(dataset):
     n = len(dataset)
     for kind in ("random", "task", "family"):
