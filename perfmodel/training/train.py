@@ -158,9 +158,9 @@ def _member_config(cfg: DictConfig, i: int) -> DictConfig:
         c.seed = int(cfg.seed) + i
         c.data.seed = int(cfg.data.get("seed", cfg.seed)) + i  # each member its own batch order
         out = f"{cfg.paths.output_dir}/member{i}"
-        mc = (c.get("callbacks") or {}).get("model_checkpoint")
-        if mc is not None:
-            mc.dirpath = f"{out}/checkpoints"
+        for cb in (c.get("callbacks") or {}).values():  # every checkpoint writer: the member's own folder
+            if cb is not None and "dirpath" in cb:
+                cb.dirpath = f"{out}/checkpoints"
         for lg in (c.get("logger") or {}).values():
             if lg is not None and "save_dir" in lg:
                 lg.save_dir = out
