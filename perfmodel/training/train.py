@@ -225,7 +225,7 @@ class _MemberPool:
             except BrokenProcessPool as e:
                 raise RuntimeError(f"ensemble member {i} (seed {self._cfgs[i]['seed']}): its process died "
                                    f"({e}); out of memory? try ensemble_workers=1") from e
-            log.info("ensemble member %d/%d (seed %d): best %s %s at epoch %s, %.0f s", i + 1, len(self._futures),
+            log.info("ensemble member %d/%d (seed %d): best %s %s, stopped after epoch %s, %.0f s", i + 1, len(self._futures),
                      self._cfgs[i]["seed"], info["monitor"], info["best"], info["epoch"], info["seconds"])
             ckpts.append(ckpt)
         return ckpts
