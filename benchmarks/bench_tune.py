@@ -233,7 +233,9 @@ def scoring_throughput(task: str, runs: list[dict], checkpoint: str | None, *, m
         return {"gnn": 0.0, "xgb": 0.0, "n": len(cands)}
     xgb = ms.cost_model.XGBModel(num_warmup_samples=0, num_tuning_cores=_physical_cores())
     xgb.update(ctx, cands, results)
-    gnn = GNNCostModel.from_checkpoint(checkpoint, frozen=True, threads=1)
+    # no feature cache: the loop below scores the same candidates again, which a cache would turn into
+    # lookups (the search hands in new schedules; only ~11% come back): featurize on every pass, as XGB does
+    gnn = GNNCostModel.from_checkpoint(checkpoint, frozen=True, threads=1, feature_cache=0)
     out: dict[str, float] = {"n": len(cands)}
     for name, model in (("gnn", gnn), ("xgb", xgb)):
         model.predict(ctx, cands[:8])  # warm-up
