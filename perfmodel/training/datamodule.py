@@ -149,6 +149,11 @@ class ScheduleDataModule(L.LightningDataModule):
             self.norm = FeatureNorm.fit(self.dataset[int(i)] for i in self.splits["train"])  # streamed
         self._ready = True
 
+    def set_batch_seed(self, seed: int) -> None:
+        """Seeds the training batch order anew (the next ``train_dataloader`` starts from it)."""
+        self.seed = int(seed)
+        self._train_sampler = None
+
     def _cap(self, idx: np.ndarray) -> np.ndarray:
         if self.max_per_task is None or idx.size == 0:
             return idx

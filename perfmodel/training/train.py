@@ -170,8 +170,8 @@ def _member_config(cfg: DictConfig, i: int) -> DictConfig:
 def _fit(cfg: DictConfig, dm: ScheduleDataModule) -> tuple[L.Trainer, CostModelModule]:
     """Seeds with ``cfg.seed``, builds the module, callbacks, loggers and trainer of ``cfg`` and fits on ``dm``
     (whose batch order follows ``cfg.data.seed``: the same member trains the same in any process)."""
-    dm.seed = int(cfg.data.get("seed", cfg.seed)) if "data" in cfg else dm.seed
-    dm._train_sampler = None  # a fresh batch order per member
+    if "data" in cfg:
+        dm.set_batch_seed(int(cfg.data.get("seed", cfg.seed)))  # a fresh batch order per member
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     module = build_module(cfg, dm)
     callbacks = _instantiate_all(cfg.get("callbacks"))
