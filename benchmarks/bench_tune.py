@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--per-iter", type=int, default=16, help="candidates measured per search round")
     ap.add_argument("--population", type=int, default=None, help="evolutionary population (default 512, quick 256)")
     ap.add_argument("--checkpoint", default=None, help="GNN checkpoint (default: the shipped one)")
-    ap.add_argument("--frozen", action="store_true", help="no online fine-tuning of the GNN")
+    ap.add_argument("--frozen", action="store_true", help="the GNN learns nothing online (gnn.frozen=true)")
     ap.add_argument("--explore", type=float, default=1.0,
                     help=f"gnn.explore of the {EXPLORE} model (score mean - explore * std of the members)")
     ap.add_argument("--run-timeout", type=float, default=None,

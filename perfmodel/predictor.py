@@ -6,7 +6,7 @@ import copy
 import re
 import warnings
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, overload
 
@@ -128,12 +128,13 @@ class Predictor:
             meta["target_vocab"] = vocabs[0]
         return cls(model=model, meta=meta, device=first.device)
 
-    def save(self, path: str | Path) -> Path:
-        """Writes weights and metadata in the checkpoint layout ``from_checkpoint`` reads."""
+    def save(self, path: str | Path, *, extra_meta: dict[str, Any] | None = None) -> Path:
+        """Writes weights and metadata in the checkpoint layout ``from_checkpoint`` reads; ``extra_meta``:
+        more keys of the metadata block for this file only (e.g. a cost model's online state)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         state = {f"model.{k}": v.detach().cpu() for k, v in self.model.state_dict().items()}
-        torch.save({CKPT_KEY: self.meta, "state_dict": state}, path)
+        torch.save({CKPT_KEY: {**self.meta, **(extra_meta or {})}, "state_dict": state}, path)
         return path
 
     # ------------------------------------------------------------ what it was trained on
@@ -268,25 +269,28 @@ class Predictor:
 
     def predict_schedules(self, schs: Sequence[Any], *, flops: float | Sequence[float] | None = None,
                           batch_size: int = 1024, cache: FeatureCache | None = None,
-                          explore: float = 0.0, target: Any = None) -> np.ndarray:
+                          explore: float = 0.0, target: Any = None,
+                          correction: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
         """Predicted log seconds of schedules, shape [N]; one that cannot be featurized gets ``+inf``.
 
         Equal to ``predict_data(featurize(schs, flops=flops))``, but the features go straight into
         one batch per ``batch_size`` schedules (no per-graph ``Data``): the scoring path of tuning.
         A featurizer that raises on the batch is retried schedule by schedule, so one bad schedule
         does not cost the others their prediction. With ``cache``, schedule objects seen before
-        (see :class:`FeatureCache`) are not featurized again; ``explore``: see :meth:`predict_features`;
-        ``target``: see the class.
+        (see :class:`FeatureCache`) are not featurized again; ``explore`` and ``correction``: see
+        :meth:`predict_features`; ``target``: see the class.
         """
         from perfmodel.featurize.graph import paused_gc
 
         if len(schs) == 0:
             return np.zeros(0)
         with paused_gc():  # see there: many small allocations, no cycles
-            return self._predict_schedules(schs, self._flops(schs, flops), batch_size, cache, explore, target)
+            return self._predict_schedules(schs, self._flops(schs, flops), batch_size, cache, explore, target,
+                                           correction)
 
     def _predict_schedules(self, schs: Sequence[Any], fl: list[float], batch_size: int, cache: FeatureCache | None,
-                           explore: float, target: Any) -> np.ndarray:
+                           explore: float, target: Any,
+                           correction: Callable[[np.ndarray], np.ndarray] | None) -> np.ndarray:
         if cache is None:
             feats = self._features_isolated(schs)
         else:
@@ -305,15 +309,18 @@ class Predictor:
         out = np.full(len(schs), np.inf)
         if ok:
             out[ok] = self.predict_features([feats[i] for i in ok], [fl[i] for i in ok], batch_size=batch_size,
-                                            explore=explore, target=target)
+                                            explore=explore, target=target, correction=correction)
         return out
 
     def predict_features(self, feats: Sequence[Any], flops: Sequence[float], *, batch_size: int = 1024,
-                         explore: float = 0.0, target: Any = None) -> np.ndarray:
+                         explore: float = 0.0, target: Any = None,
+                         correction: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
         """Predicted log seconds of ``perfmodel.featurize.Features`` with their FLOPs, shape [N] float64.
 
         With ``explore`` > 0 and an ensemble: the optimistic log time ``mean - explore * std`` over the
         members (a lower confidence bound on the time: candidates the members disagree on look faster).
+        ``correction``: called with the graphs' embeddings [N, E] (``embed_data``), returns log seconds
+        [N] added to the prediction (an :class:`OnlineCorrection` bound to a task).
         ``target``: see the class.
         """
         from perfmodel.featurize import features_to_batch
@@ -325,12 +332,32 @@ class Predictor:
         with torch.inference_mode():
             for i in range(0, len(feats), batch_size):
                 b = self._prepare(features_to_batch(feats[i:i + batch_size], flops[i:i + batch_size]), tid)
-                if spread:
-                    m = self.model.member_outputs(b).double()
-                    outs.append((m.mean(0) - explore * m.std(0, unbiased=False)).cpu())
+                if correction is not None:
+                    m, emb = self.model.outputs_and_embedding(b)
+                    m = m.double()
                 else:
-                    outs.append(self.model(b).double().cpu())
-        return torch.cat(outs).numpy()
+                    m = self.model.member_outputs(b).double() if spread else self.model(b).double().unsqueeze(0)
+                y = m.mean(0) - explore * m.std(0, unbiased=False) if spread else m.mean(0)
+                y = y.cpu().numpy()
+                if correction is not None:
+                    y = y + correction(emb.double().cpu().numpy())
+                outs.append(y)
+        return np.concatenate(outs)
+
+    def embed_data(self, datas: Sequence[Any], *, batch_size: int = 1024,
+                   target: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """``predict_data``'s log seconds [N] and the graphs' embeddings [N, E] float64: the input of the
+        model's head(s), every member's side by side (what an :class:`OnlineCorrection` is fitted on)."""
+        if len(datas) == 0:
+            return np.zeros(0), np.zeros((0, 0))
+        self.model.eval()
+        ys, es = [], []
+        with torch.inference_mode():
+            for b in self._batches(datas, batch_size, self._target_id(target)):
+                m, emb = self.model.outputs_and_embedding(b)
+                ys.append(m.double().mean(0).cpu())
+                es.append(emb.double().cpu())
+        return torch.cat(ys).numpy(), torch.cat(es).numpy()
 
     def _flops(self, schs: Sequence[Any], flops: float | Sequence[float] | None) -> list[float]:
         """One FLOPs value per schedule (default: TVM's estimate of the first schedule's module)."""
@@ -495,6 +522,95 @@ class MeasuredBuffer:
         cut = len(self.datas) - self.history
         if cut > 0:
             del self.datas[:cut], self.log_secs[:cut], self.task_ids[:cut]
+
+
+
+class OnlineCorrection:
+    """Per-task ridge corrections of a frozen model's log time, learned online from a search's measurements.
+
+    The pretrained model ranks a new task from what it knows of others; the task's own measurements
+    then say where it is wrong. Instead of fine-tuning the network (seconds per round), each task gets
+    a linear correction of the predicted log time in the space of the model's embeddings (the heads'
+    inputs, ``Predictor.embed_data``), refitted in closed form after every measured batch
+    (milliseconds): ridge regression of ``measured - predicted`` log seconds on the standardized
+    embeddings, plus the mean residual. The prior stays where the task has no data (``alpha``: how
+    far the correction may move from it). Replayed on finished tuning runs it ranks the next round as
+    well as fine-tuning every round did (``benchmarks/bench_finetune.py``).
+
+    Args:
+        alpha: ridge penalty on the standardized embedding (larger: closer to the model's prior).
+        history: measured records kept per task (the newest).
+    """
+
+    def __init__(self, *, alpha: float = 1000.0, history: int = 4096) -> None:
+        if alpha <= 0:
+            raise ValueError(f"OnlineCorrection: alpha must be > 0 (got {alpha})")
+        self.alpha, self.history = float(alpha), int(history)
+        self._records: dict[Any, tuple[list[np.ndarray], list[float]]] = {}  # task -> (embeddings, residuals)
+        self._fits: dict[Any, tuple[np.ndarray, np.ndarray, np.ndarray, float]] = {}  # task -> mu, sd, w, b
+
+    def __len__(self) -> int:
+        """Tasks with a correction."""
+        return len(self._fits)
+
+    def records(self, task: Any) -> int:
+        """Measured records the correction of ``task`` is fitted on."""
+        return len(self._records.get(task, ((), ()))[1])
+
+    def add(self, task: Any, emb: np.ndarray, log_secs: Sequence[float], prior: Sequence[float]) -> None:
+        """Adds measured records of ``task`` (embeddings [n, E], measured and predicted log seconds [n]) and refits."""
+        emb = np.asarray(emb, dtype=np.float64)
+        res = np.asarray(log_secs, dtype=np.float64) - np.asarray(prior, dtype=np.float64)
+        if emb.ndim != 2 or emb.shape[0] != res.size:
+            raise ValueError(f"OnlineCorrection.add: {emb.shape} embeddings for {res.size} times")
+        keep = np.isfinite(res) & np.isfinite(emb).all(1)
+        if not keep.any():
+            return
+        embs, resids = self._records.setdefault(task, ([], []))
+        embs.extend(emb[keep])
+        resids.extend(res[keep].tolist())
+        del embs[:-self.history], resids[:-self.history]
+        self._fits[task] = self._fit(np.stack(embs), np.asarray(resids))
+
+    def _fit(self, e: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+        mu, sd = e.mean(0), e.std(0) + 1e-6
+        z, b = (e - mu) / sd, float(r.mean())
+        rc = r - b
+        n, d = z.shape
+        if n <= d:  # dual form: an n x n system
+            w = z.T @ np.linalg.solve(z @ z.T + self.alpha * np.eye(n), rc)
+        else:
+            w = np.linalg.solve(z.T @ z + self.alpha * np.eye(d), z.T @ rc)
+        return mu, sd, w, b
+
+    def __call__(self, task: Any, emb: np.ndarray) -> np.ndarray:
+        """The correction [N] (log seconds to add) of ``task``'s predictions with embeddings ``emb`` [N, E];
+        zeros for a task without measurements."""
+        emb = np.asarray(emb, dtype=np.float64)
+        fit = self._fits.get(task)
+        if fit is None:
+            return np.zeros(emb.shape[0])
+        mu, sd, w, b = fit
+        if emb.shape[1] != mu.size:
+            raise ValueError(f"OnlineCorrection: embeddings of width {emb.shape[1]}, fitted on {mu.size}")
+        return ((emb - mu) / sd) @ w + b
+
+    def bound(self, task: Any) -> Callable[[np.ndarray], np.ndarray] | None:
+        """``Predictor.predict_features``'s ``correction`` for ``task`` (``None`` while it has no measurement)."""
+        return (lambda emb: self(task, emb)) if task in self._fits else None
+
+    def state_dict(self) -> dict[str, Any]:
+        """The fitted corrections (plain lists), for a cost model's ``save``."""
+        return {"alpha": self.alpha, "fits": [[k, mu.tolist(), sd.tolist(), w.tolist(), b]
+                                              for k, (mu, sd, w, b) in self._fits.items()]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores ``state_dict``'s corrections (the records behind them are not kept: new ones refit from
+        the next measurement of that task on)."""
+        self.alpha = float(state.get("alpha", self.alpha))
+        self._records.clear()
+        self._fits = {k: (np.asarray(mu), np.asarray(sd), np.asarray(w), float(b))
+                      for k, mu, sd, w, b in state.get("fits") or []}
 
 
 @overload

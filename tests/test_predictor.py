@@ -12,7 +12,7 @@ import torch
 from perfmodel.featurize.schema import EDGE_FEATURES, NODE_FEATURES, SCHEMA_VERSION
 from perfmodel.models import build_model
 from perfmodel import predictor as predictor_mod
-from perfmodel.predictor import CheckpointError, MeasuredBuffer, Predictor, load_predictor
+from perfmodel.predictor import CheckpointError, MeasuredBuffer, OnlineCorrection, Predictor, load_predictor
 from perfmodel.training.synthetic import SyntheticDataset
 
 torch.set_num_threads(1)  # tiny graphs on a shared 2-core machine: more threads only contend
@@ -302,3 +302,59 @@ def test_ensemble_refuses_members_of_other_splits() -> None:
         Predictor.ensemble([a, c])
     with pytest.raises(CheckpointError, match="no members"):
         Predictor.ensemble([])
+
+
+def test_online_correction_fits_a_linear_residual_and_round_trips() -> None:
+    """A task's residual that is linear in the embedding is learned from a few records; the prior
+    stays for a task never measured; a large penalty keeps only the mean residual."""
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(60, 8))
+    prior = rng.normal(size=60)
+    truth = prior + emb @ rng.normal(size=8) * 0.5 + 0.3
+    c = OnlineCorrection(alpha=1.0)
+    c.add("A", emb[:40], truth[:40], prior[:40])
+    fitted = prior[40:] + c("A", emb[40:])
+    assert np.mean((fitted - truth[40:]) ** 2) < 0.1 * np.mean((prior[40:] - truth[40:]) ** 2)
+    assert np.array_equal(c("B", emb[40:]), np.zeros(20)) and c.bound("B") is None and len(c) == 1
+    stiff = OnlineCorrection(alpha=1e9)
+    stiff.add("A", emb[:40], truth[:40], prior[:40])
+    assert np.allclose(stiff("A", emb[40:]), np.mean(truth[:40] - prior[:40]), atol=1e-4)
+    back = OnlineCorrection()
+    back.load_state_dict(c.state_dict())
+    assert np.allclose(back("A", emb[40:]), c("A", emb[40:])) and back.alpha == 1.0
+    # more records than embedding width (primal form) gives the same fit as the dual form would
+    many = OnlineCorrection(alpha=1.0, history=30)
+    many.add("A", emb, truth, prior)
+    assert many.records("A") == 30  # the newest 30
+    with pytest.raises(ValueError, match="embeddings"):
+        c.add("A", emb[:3], truth[:4], prior[:4])
+    with pytest.raises(ValueError, match="width"):
+        c("A", emb[:, :5])
+    with pytest.raises(ValueError, match="alpha"):
+        OnlineCorrection(alpha=0)
+
+
+def test_embeddings_and_the_corrected_prediction_of_an_ensemble(target) -> None:
+    """``embed_data`` predicts what ``predict_data`` predicts and gives every member's head input side by
+    side; ``predict_schedules(correction=...)`` adds the correction of exactly those embeddings."""
+    from perfmodel.collect.sampler import TaskSpace
+    from conftest import matmul_mod
+
+    a = _predictor(in_dim=len(NODE_FEATURES), edge_dim=len(EDGE_FEATURES))
+    torch.manual_seed(1)
+    b = Predictor(model=build_model(a.meta["model"]), meta=dict(a.meta))
+    ens = Predictor.ensemble([a, b])
+    space = TaskSpace(mod=matmul_mod(), target=target)
+    schs = [s for _, s in zip(range(6), (s for _, s in space.random_stream()))]
+    datas = ens.featurize(schs, flops=2 * 64**3)
+    pred, emb = ens.embed_data(datas)
+    assert np.allclose(pred, ens.predict_data(datas), atol=1e-6)
+    _, emb_a = a.embed_data(datas)
+    assert emb.shape == (6, 2 * emb_a.shape[1]) and np.allclose(emb[:, :emb_a.shape[1]], emb_a, atol=1e-6)
+    seen = []
+    def corr(e: np.ndarray) -> np.ndarray:
+        seen.append(e)
+        return e[:, 0] * 0.1
+    out = ens.predict_schedules(schs, flops=2 * 64**3, correction=corr)
+    assert np.allclose(seen[0], emb, atol=1e-6)
+    assert np.allclose(out, pred + emb[:, 0] * 0.1, atol=1e-6)

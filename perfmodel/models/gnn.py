@@ -251,6 +251,11 @@ class CostGNN(nn.Module):
     def forward(self, data: Any) -> Tensor:
         """Predicted log seconds [B] of a PyG ``Batch`` (fields x [N, F], edge_index [2, E],
         edge_attr [E, Fe], batch [N], flops [B], with ``target_input`` target_id [B]); a single ``Data`` gives [1]."""
+        return self.forward_embedding(data)[0]
+
+    def forward_embedding(self, data: Any) -> tuple[Tensor, Tensor]:
+        """``forward``'s prediction [B] and the head's input [B, D] (pooled graph + scale + target
+        inputs): the embedding an online per-task correction is fitted on."""
         x = data.x
         batch = getattr(data, "batch", None)
         if batch is None:
@@ -271,7 +276,12 @@ class CostGNN(nn.Module):
         y = self.head(g).squeeze(-1)
         if self.skip is not None:
             y = y + self.skip(sc).squeeze(-1)
-        return y
+        return y, g
+
+    def outputs_and_embedding(self, data: Any) -> tuple[Tensor, Tensor]:
+        """Predicted log seconds as one member [1, B], and the embedding [B, D] (``forward_embedding``)."""
+        y, g = self.forward_embedding(data)
+        return y.unsqueeze(0), g
 
 
 def _norm(name: str | None, hidden: int) -> nn.Module:
@@ -408,6 +418,11 @@ class Ensemble(nn.Module):
     def member_outputs(self, data: Any) -> Tensor:
         """Each member's predicted log seconds [M, B]: their spread is the ensemble's doubt."""
         return torch.stack([m(data) for m in self.members])
+
+    def outputs_and_embedding(self, data: Any) -> tuple[Tensor, Tensor]:
+        """Each member's predicted log seconds [M, B] and the members' embeddings side by side [B, M * D]."""
+        ys, gs = zip(*(m.forward_embedding(data) for m in self.members))
+        return torch.stack(ys), torch.cat(gs, dim=-1)
 
 
 def build_model(config: dict[str, Any]) -> nn.Module:

@@ -13,12 +13,14 @@ from tvm.ir.utils import derived_object
 from perfmodel._tvm import load_ms
 from perfmodel.collect.database import FAILED
 from perfmodel.collect.measure import label_secs
-from perfmodel.predictor import DEFAULT_CHECKPOINT, FeatureCache, MeasuredBuffer, Predictor, flops_of, load_predictor
+from perfmodel.predictor import (DEFAULT_CHECKPOINT, FeatureCache, MeasuredBuffer, OnlineCorrection, Predictor, flops_of,
+                                 load_predictor)
 from perfmodel.plugin.timed import CostModelStats, TimedCostModel
 
 ms = load_ms()
 log = logging.getLogger("perfmodel.plugin")
 
+CORRECTION_KEY = "online_correction"  # the tasks' corrections in a checkpoint written by ``GNNCostModel.save``
 _MAX_EXP = 300.0  # scores are exp(ref - log_time), the exponent clipped to +-300 (float64-safe)
 
 
@@ -29,11 +31,15 @@ class GNNCostModel(ms.cost_model.PyCostModel):
     ``predict`` scores candidates with the shared :class:`~perfmodel.predictor.Predictor` as
     predicted throughput (float64, higher is better): GFLOP/s, or millions of runs per second for a
     task without FLOPs. Only ratios within a workload matter (the evolutionary search ranks by score
-    and samples parents in proportion to it); the score is stateless, so it is identical after
-    ``save``/``load``. A candidate that cannot be scored gets ``nan``: :class:`TimedCostModel`
-    (``make_cost_model("gnn")``) turns it into a fallback score and counts it. ``update`` keeps the
-    measured candidates in a :class:`~perfmodel.predictor.MeasuredBuffer` and fine-tunes on them
-    every ``update_every`` calls (unless ``frozen``). Scoring for another target than the
+    and samples parents in proportion to it); ``save`` writes the network and the tasks' corrections,
+    so the score is identical after ``save``/``load``. A candidate that cannot be scored gets ``nan``:
+    :class:`TimedCostModel` (``make_cost_model("gnn")``) turns it into a fallback score and counts it.
+    ``update`` learns from the measured candidates (unless ``frozen``), by ``online``: ``"ridge"``
+    (default) refits the task's :class:`~perfmodel.predictor.OnlineCorrection` (a ridge correction on
+    the frozen network's embeddings, milliseconds per round); ``"finetune"`` keeps them in a
+    :class:`~perfmodel.predictor.MeasuredBuffer` and fine-tunes the network on them every
+    ``update_every`` calls (seconds per round; replayed on finished tuning runs it ranked the next
+    round no better than the ridge correction, ``benchmarks/bench_finetune.py``). Scoring for another target than the
     checkpoint's logs one warning and counts ``stats.target_mismatch``; a checkpoint with the target
     input scores for the tuning target (``context.target``: that warning when it is not one it knows,
     then scored as its most common training target). Candidates the search hands
@@ -42,8 +48,10 @@ class GNNCostModel(ms.cost_model.PyCostModel):
     Args:
         path: checkpoint to load; default the shipped ``perfmodel/pretrained/gnn.ckpt``.
         predictor: use this predictor instead of loading ``path``.
-        frozen: never fine-tune.
-        update_every: fine-tune after every this many ``update`` calls.
+        frozen: never learn from the search's measurements.
+        online: ``"ridge"`` (per-task correction on the embeddings) or ``"finetune"`` (the network).
+        ridge_alpha: ridge penalty of the correction (``OnlineCorrection``'s ``alpha``).
+        update_every: fine-tune after every this many ``update`` calls (``online="finetune"``).
         steps: optimizer steps per fine-tuning.
         lr: learning rate of the fine-tuning optimizer.
         history: keep at most this many measured candidates (the newest) for fine-tuning.
@@ -59,15 +67,19 @@ class GNNCostModel(ms.cost_model.PyCostModel):
     def __init__(self, *, path: str | Path | None = None, predictor: Predictor | None = None,
                  frozen: bool = False, update_every: int = 1, steps: int = 20, lr: float = 1e-4,
                  history: int = 4096, batch_size: int = 1024, threads: int | None = None,
-                 feature_cache: int = 1024, explore: float = 0.0) -> None:
+                 feature_cache: int = 1024, explore: float = 0.0, online: str = "ridge",
+                 ridge_alpha: float = 1000.0) -> None:
         super().__init__()
+        if online not in ("ridge", "finetune"):
+            raise ValueError(f"GNNCostModel: online must be 'ridge' or 'finetune' (got {online!r})")
         if threads:
             import torch
 
             torch.set_num_threads(int(threads))
         self.frozen, self.update_every = frozen, max(1, int(update_every))
         self.steps, self.lr, self.batch_size = int(steps), float(lr), int(batch_size)
-        self.explore = float(explore)
+        self.explore, self.online = float(explore), online
+        self.correction = OnlineCorrection(alpha=ridge_alpha, history=history)
         self.stats = CostModelStats()  # its own counters here; TimedCostModel fills the rest of the same object
         self.buffer = MeasuredBuffer(history=history)
         self.features = FeatureCache(size=feature_cache)
@@ -94,11 +106,16 @@ class GNNCostModel(ms.cost_model.PyCostModel):
         """Loads a checkpoint (of ``train`` or ``save``); checks that it fits the featurizer."""
         self.predictor = load_predictor(path)
         self.path = str(path)
+        self.correction = OnlineCorrection(alpha=self.correction.alpha, history=self.correction.history)
+        state = self.predictor.meta.pop(CORRECTION_KEY, None)  # written by ``save`` after a search
+        if state:
+            self.correction.load_state_dict(state)
         self.features = FeatureCache(size=self.features.size)  # features of another checkpoint's granularity
 
     def save(self, path: str) -> None:
-        """Writes the (possibly fine-tuned) network and its metadata; ``load`` reads it back."""
-        self.predictor.save(path)
+        """Writes the (possibly fine-tuned) network, its metadata and the tasks' corrections; ``load`` reads it back."""
+        self.predictor.save(path, extra_meta={CORRECTION_KEY: self.correction.state_dict()} if len(self.correction)
+                            else None)
 
     def predict(self, context: Any, candidates: list[Any]) -> np.ndarray:
         """Scores of the candidates, float64 [N], higher = predicted faster; ``nan`` = not scored."""
@@ -110,12 +127,12 @@ class GNNCostModel(ms.cost_model.PyCostModel):
         cache = self.features if self.features.size else None
         log_t = self.predictor.predict_schedules([c.sch for c in candidates], flops=task["flops"],
                                                  batch_size=self.batch_size, cache=cache, explore=self.explore,
-                                                 target=task["target"])
+                                                 target=task["target"], correction=self.correction.bound(task["key"]))
         with np.errstate(invalid="ignore"):
             return np.where(np.isfinite(log_t), np.exp(np.clip(task["ref"] - log_t, -_MAX_EXP, _MAX_EXP)), np.nan)
 
     def update(self, context: Any, candidates: list[Any], results: list[Any]) -> None:
-        """Keeps the measured candidates; fine-tunes every ``update_every`` calls unless frozen."""
+        """Learns from the measured candidates (see the class's ``online``) unless frozen."""
         if len(candidates) != len(results):
             raise ValueError(f"update: {len(candidates)} candidates but {len(results)} results")
         self._updates += 1
@@ -125,6 +142,14 @@ class GNNCostModel(ms.cost_model.PyCostModel):
             return
         task = self._task(context)
         datas = self.predictor.featurize([candidates[i].sch for i in ok], flops=task["flops"], target=task["target"])
+        if self.online == "ridge":
+            have = [j for j, d in enumerate(datas) if d is not None]
+            if have:
+                prior, emb = self.predictor.embed_data([datas[j] for j in have], batch_size=self.batch_size,
+                                                       target=task["target"])
+                self.correction.add(task["key"], emb, [math.log(secs[ok[j]]) for j in have], prior)
+                self.stats.corrections += 1
+            return
         self.buffer.add(datas, [math.log(secs[i]) for i in ok], task["id"])
         if self._updates % self.update_every == 0 and len(self.buffer) >= 2:
             b = self.buffer
@@ -145,7 +170,7 @@ class GNNCostModel(ms.cost_model.PyCostModel):
             # score = exp(ref - log_time): GFLOP/s, or millions of runs per second without FLOPs
             ref = math.log(flops / 1e9) if flops > 0 else math.log(1e-6)
             target = getattr(context, "target", None)
-            self._tasks[key] = {"flops": flops, "ref": ref, "id": len(self._tasks), "target": target,
+            self._tasks[key] = {"flops": flops, "ref": ref, "id": len(self._tasks), "key": key, "target": target,
                                 "mismatch": self.predictor.target_mismatch(target)}
         return self._tasks[key]
 

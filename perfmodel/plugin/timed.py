@@ -27,7 +27,8 @@ class CostModelStats:
         update_calls: calls of ``update``.
         updated: measured candidates passed to ``update``.
         update_s: wall seconds inside ``update`` (fine-tuning / retraining included).
-        fine_tune_steps: optimizer steps of online fine-tuning (GNN only).
+        fine_tune_steps: optimizer steps of online fine-tuning (GNN with ``online="finetune"``).
+        corrections: refits of a task's online ridge correction (GNN with ``online="ridge"``).
         target_mismatch: ``predict`` calls for another target than the checkpoint's (GNN only).
         fallback: candidates that got the fallback score (not scored, NaN, or the model raised).
         errors: calls in which the model raised and the guard took over.
@@ -40,6 +41,7 @@ class CostModelStats:
     updated: int = 0
     update_s: float = 0.0
     fine_tune_steps: int = 0
+    corrections: int = 0
     target_mismatch: int = 0
     fallback: int = 0
     errors: int = 0
