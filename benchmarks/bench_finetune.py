@@ -16,13 +16,16 @@ Policies: ``frozen`` (``gnn.frozen=true``), ``ridge`` (``gnn.online=ridge``, the
 ``gnn.update_every=k``), ``xgb`` (TVM's XGBModel
 trained on the rounds so far, what the GNN competes with: scores at random until 100 measurements).
 Replay is not search: the candidates are the ones the original run's model picked, so the numbers
-say how each policy ranks the same candidates, not which candidates it would have found.
+say how each policy ranks the same candidates, not which candidates it would have found. With
+``--heldout DB`` the rounds are instead the collection-order records (random schedules) of the
+dataset's tasks that the checkpoint never trained on.
 
 Last line: JSON with ``policies`` (per policy: ``pairwise``, ``peak1``, ``peak4`` means over judged
 rounds, ``update_s``, ``rounds``), ``per_run`` (the same per run), ``pays`` (per learning policy:
 its pairwise and peak@1 minus frozen's), ``runs``, ``per_iter``.
 
     python benchmarks/bench_finetune.py [--runs DIR ...] [--policies frozen,ridge,every1,xgb] [--per-iter 16]
+    python benchmarks/bench_finetune.py --heldout datasets/amd-epyc-znver3-t1 [--max-records 256] [--policies ...]
 """
 
 from __future__ import annotations
@@ -97,6 +100,10 @@ def main() -> int:
     ap.add_argument("--policies", default="frozen,ridge,every1,xgb")
     ap.add_argument("--per-iter", type=int, default=16, help="candidates per round (perfmodel tune's trials_per_iter)")
     ap.add_argument("--checkpoint", default=None, help="GNN checkpoint (default: the shipped one)")
+    ap.add_argument("--heldout", default=None, metavar="DB",
+                    help="instead of tuning runs: the tasks of this dataset that the checkpoint held out, their "
+                         "first --max-records records in collection order (random schedules of unseen tasks)")
+    ap.add_argument("--max-records", type=int, default=256, help="records per task of --heldout")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
 
@@ -106,9 +113,19 @@ def main() -> int:
     for p in policies:  # a typo fails before any work
         if not (p in ("frozen", "ridge", "xgb") or (p.startswith("every") and p[5:].isdigit())):
             raise SystemExit(f"unknown policy {p!r}: use frozen, ridge, every<k> (e.g. every1, every4) or xgb")
-    tasks = load_tasks(args.runs, min_records=2 * args.per_iter)
-    if not tasks:
-        raise SystemExit(f"no run under {args.runs} holds {2 * args.per_iter} valid records (two rounds)")
+    if args.heldout:
+        from perfmodel.predictor import load_predictor
+
+        held = load_predictor(args.checkpoint).heldout_tasks() or set()
+        tasks = [t for t in load_tasks([args.heldout], min_records=2 * args.per_iter) if t.name in held]
+        for t in tasks:
+            t.records, t.times = t.records[:args.max_records], t.times[:args.max_records]
+        if not tasks:
+            raise SystemExit(f"{args.heldout}: none of the checkpoint's held-out tasks has {2 * args.per_iter} records")
+    else:
+        tasks = load_tasks(args.runs, min_records=2 * args.per_iter)
+        if not tasks:
+            raise SystemExit(f"no run under {args.runs} holds {2 * args.per_iter} valid records (two rounds)")
     per_run: dict[str, dict] = {}
     t0 = time.perf_counter()
     for task in tasks:

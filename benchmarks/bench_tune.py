@@ -198,6 +198,9 @@ def task_report(label: str, runs: dict[tuple[str, int], dict], trials: int) -> d
     rep["cost_model_share"] = {m: _mean([r["cost_model_share"] for (mm, _), r in ok.items()
                                          if mm == m and r.get("cost_model_share") is not None])
                                for m in sorted({m for m, _ in ok})}
+    # the busy-machine guard's seconds inside each run's tuning seconds (runs from before it was recorded: absent)
+    rep["guard_s"] = {f"{m}-s{s}": round(g["waited_s"] + g["remeasure_s"], 1)
+                      for (m, s), r in ok.items() if (g := r.get("guard"))}
     rep["gnn_fallback"] = sum(int((r.get("gnn") or {}).get("fallback", 0)) for (m, _), r in ok.items()
                               if m in ("gnn", EXPLORE))
     rep["seconds_marks"] = ts
@@ -448,6 +451,9 @@ def _print_task(task: str, rep: dict) -> None:
           + f"; GNN fallback scores: {rep['gnn_fallback']}"
           + (f"; scoring: GNN {rep['predict_per_s']['gnn']:.0f}/s, XGB {rep['predict_per_s']['xgb']:.0f}/s"
              if "predict_per_s" in rep else ""))
+    if any(rep.get("guard_s", {}).values()):
+        print("guard seconds inside the tuning seconds (waiting + re-timing disturbed batches): "
+              + ", ".join(f"{k} {v:.0f} s" for k, v in rep["guard_s"].items() if v))
     if rep["failed"]:
         print(f"every candidate failed in: {', '.join(rep['failed'])}")
     if rep.get("plot"):

@@ -145,8 +145,8 @@ def tune(cfg: Any) -> dict[str, Any]:
     finally:
         tune_s = time.perf_counter() - t0
         runner.close()
-        if getattr(builder, "pool", None) is not None:  # stop the worker processes now, not at garbage collection
-            builder.pool.shutdown(wait=False)
+        if hasattr(builder, "close"):  # PersistentBuilder: stop its worker processes now
+            builder.close()
     curve, best = best_curve(work_dir, tasks, start=n_before)
     seconds = [round(t - t0, 3) for t in clock.times] if len(clock.times) == len(curve) else None
     stats = model.stats
@@ -157,6 +157,9 @@ def tune(cfg: Any) -> dict[str, Any]:
         "tune_s": round(tune_s, 2), "cost_model": stats.as_dict(),
         "cost_model_share": round(stats.model_s / tune_s, 4) if tune_s > 0 else None,
         "work_dir": str(work_dir), "plot": None,
+        # the busy-machine guard's part of tune_s: waiting for quiet, and timing batches it then threw away
+        "guard": {"remeasured": runner.measurer.remeasured, "waited_s": round(runner.measurer.waited_s, 1),
+                  "remeasure_s": round(runner.measurer.remeasure_s, 1)},
     }
     inner = getattr(model, "inner", None)
     if inner is not None and hasattr(inner, "stats"):  # the GNN's own counters (fallbacks, fine-tuning)
@@ -204,6 +207,10 @@ def _print_summary(out: dict[str, Any]) -> None:
           f"= {s['predict_per_s']:.0f}/s, update {s['update_s']:.1f} s)")
     if "gnn" in out:
         print(f"GNN: {out['gnn']['fallback']} candidates got the fallback score, {out['gnn']['errors']} errors")
+    g = out.get("guard") or {}
+    if g.get("remeasured") or g.get("waited_s"):
+        print(f"guard: {g['remeasured']} disturbed batches timed again ({g['remeasure_s']:.1f} s) and "
+              f"{g['waited_s']:.1f} s waiting for a quiet machine, inside the tuning seconds")
     if out["untuned_tasks"]:
         print(f"{len(out['untuned_tasks'])} of {len(out['tasks'])} tasks left untuned (no valid measurement): "
               + ", ".join(out["untuned_tasks"]))

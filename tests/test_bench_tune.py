@@ -48,10 +48,12 @@ def test_compare_trials_and_seconds(bench) -> None:
 
 
 def test_task_report_goes_on_past_a_run_whose_every_candidate_failed(bench) -> None:
-    runs = {("gnn", 1): _run([4.0, 2.0], [30, 70]), ("xgb", 1): _run([None, None], [20, 40]),
+    runs = {("gnn", 1): {**_run([4.0, 2.0], [30, 70]), "guard": {"remeasured": 2, "waited_s": 3.0, "remeasure_s": 9.5}},
+            ("xgb", 1): _run([None, None], [20, 40]),
             ("random", 1): {"error": "RuntimeError: boom"}}
     rep = bench.task_report("T", runs, 2)
     assert rep["failed"] == ["xgb-s1"] and rep["errors"] == {"random-s1": "RuntimeError: boom"}
+    assert rep["guard_s"] == {"gnn-s1": 12.5}  # the guard's seconds inside the run's tuning seconds
     assert rep["gnn_vs_xgb"] == {} and rep["best_s"]["gnn-s1"] == {"2": 2.0}
     assert rep["best_s_at_seconds"]["gnn-s1"] == {"30": 4.0, "60": 4.0, "120": 2.0}
     assert rep["cost_model_share"] == {"gnn": 0.1, "xgb": 0.1}

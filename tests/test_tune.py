@@ -92,6 +92,8 @@ def test_tune_a_task_from_the_cli(tmp_path: Path, ckpt: Path, capsys) -> None:
     assert len(curve) == 8 and all(a >= b for a, b in zip(curve, curve[1:]) if a is not None and b is not None)
     assert summary["cost_model"]["scored"] > 0 and summary["cost_model"]["update_calls"] >= 1
     assert summary["gnn"]["fallback"] == 0 and 0 < last["cost_model_share"] < 1
+    assert summary["guard"] == {"remeasured": 0, "waited_s": 0.0, "remeasure_s": 0.0}  # guard off: never waits
+    assert summary["gnn"]["corrections"] >= 1 and summary["gnn"]["fine_tune_steps"] == 0  # learned online, by ridge
     secs = summary["seconds"]  # when each trial was measured, from the tuning's start
     assert len(secs) == 8 and 0 < secs[0] and secs == sorted(secs) and secs[-1] <= summary["tune_s"]
     assert summary["untuned_tasks"] == [] and "budget too small" not in out

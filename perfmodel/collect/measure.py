@@ -598,7 +598,8 @@ class LocalMeasurer(Measurer):
         self._last_clean = False
         self._prefetch: tuple | None = None  # (ids of the modules, future of their builds, the modules)
         self._threads: Any = None
-        self.remeasured = 0
+        self.remeasured = 0  # disturbed batches timed again
+        self.remeasure_s = 0.0  # seconds spent timing the attempts that were thrown away
 
     def _pids(self) -> list[int]:
         return [p for p in [self._runner.pid, *self._builders.pids] if p is not None]
@@ -694,6 +695,7 @@ class LocalMeasurer(Measurer):
             live = self._load(cands)
             if not live:
                 break
+            t_attempt = time.perf_counter()
             start = self._meter.sample()
             refs = []
             rounds: dict[int, list[float]] = {c.index: [] for c in live}
@@ -731,6 +733,7 @@ class LocalMeasurer(Measurer):
                     "ref_s": min(refs) if refs else None}
             if bad and attempt <= g.max_attempts:
                 self.remeasured += 1
+                self.remeasure_s += time.perf_counter() - t_attempt
                 self.log(f"guard: batch of {len(live)} disturbed ({'; '.join(bad)}); waiting to re-measure "
                          f"(attempt {attempt + 1}/{g.max_attempts + 1})")
                 continue

@@ -52,6 +52,11 @@ class PersistentBuilder(ms.builder.PyBuilder):
         self.pool = PopenPoolExecutor(max_workers=max_workers or ms.utils.cpu_count(logical=False),
                                       timeout=self.timeout_s, initializer=load_ms, maximum_process_uses=max_uses)
 
+    def close(self) -> None:
+        """Stops the worker processes now (not at garbage collection, which may never come before exit and
+        leaves them orphaned); the builder cannot build afterwards."""
+        self.pool.shutdown(wait=False)
+
     def build(self, build_inputs: list[Any]) -> list[Any]:
         from tvm.support.popen_pool import StatusKind
 

@@ -334,8 +334,14 @@ def test_tune_tir_with_the_gnn(gnn_ckpt: Path, target, tmp_path: Path) -> None:
     # the cost model is under test here, not the timings: TVM's own runner, one quick timing each
     runner = ms.runner.LocalRunner(evaluator_config=ms.runner.EvaluatorConfig(
         number=1, repeat=1, min_repeat_ms=1, enable_cpu_cache_flush=False))
-    db = ms.tune_tir(matmul_mod(), target=target, work_dir=str(tmp_path), max_trials_global=16,
-                     num_trials_per_iter=8, cost_model=model, builder=make_builder(), runner=runner, seed=1)
+    builder = make_builder()
+    try:
+        db = ms.tune_tir(matmul_mod(), target=target, work_dir=str(tmp_path), max_trials_global=16,
+                         num_trials_per_iter=8, cost_model=model, builder=builder, runner=runner, seed=1)
+        workers = [w._proc.pid for w in builder.pool._worker_map.values() if w._proc is not None]
+    finally:
+        builder.close()  # else its build workers outlive the test session (orphaned, idle)
+    assert workers and not [pid for pid in workers if Path(f"/proc/{pid}").exists()]
     recs = db.get_all_tuning_records()
     ok = [r for r in recs if r.run_secs and all(0 < float(s) < 1e9 for s in r.run_secs)]
     assert len(recs) >= 8 and ok
