@@ -129,7 +129,7 @@ def main() -> int:
     per_run: dict[str, dict] = {}
     t0 = time.perf_counter()
     for task in tasks:
-        label = f"{task.name}:{task.db.path.parent.name}/{task.db.path.name}"
+        label = f"{task.name.split('@')[0]}:{task.db.path}"  # the path: two runs' folders may share their names
         res = replay(task, policies, args.per_iter, args.checkpoint)
         per_run[label] = {p: {**{k: mean(v) for k, v in r.items() if k != "update_s"},
                               "update_s": round(r["update_s"], 2)} for p, r in res.items()}
