@@ -332,16 +332,15 @@ class Predictor:
         with torch.inference_mode():
             for i in range(0, len(feats), batch_size):
                 b = self._prepare(features_to_batch(feats[i:i + batch_size], flops[i:i + batch_size]), tid)
-                if correction is not None:
+                if correction is not None:  # every member's output and the embedding, in one pass
                     m, emb = self.model.outputs_and_embedding(b)
-                    m = m.double()
+                elif spread:
+                    m = self.model.member_outputs(b)
                 else:
-                    m = self.model.member_outputs(b).double() if spread else self.model(b).double().unsqueeze(0)
-                y = m.mean(0) - explore * m.std(0, unbiased=False) if spread else m.mean(0)
-                y = y.cpu().numpy()
-                if correction is not None:
-                    y = y + correction(emb.double().cpu().numpy())
-                outs.append(y)
+                    m = self.model(b).unsqueeze(0)
+                m = m.double()
+                y = (m.mean(0) - explore * m.std(0, unbiased=False) if spread else m.mean(0)).cpu().numpy()
+                outs.append(y if correction is None else y + correction(emb.double().cpu().numpy()))
         return np.concatenate(outs)
 
     def embed_data(self, datas: Sequence[Any], *, batch_size: int = 1024,
@@ -522,7 +521,6 @@ class MeasuredBuffer:
         cut = len(self.datas) - self.history
         if cut > 0:
             del self.datas[:cut], self.log_secs[:cut], self.task_ids[:cut]
-
 
 
 class OnlineCorrection:

@@ -52,7 +52,7 @@ class GNNCostModel(ms.cost_model.PyCostModel):
         predictor: use this predictor instead of loading ``path``.
         frozen: never learn from the search's measurements.
         online: ``"ridge"`` (per-task correction on the embeddings) or ``"finetune"`` (the network).
-        ridge_alpha: ridge penalty of the correction (``OnlineCorrection``'s ``alpha``).
+        ridge_alpha: ridge penalty of the correction (default: ``OnlineCorrection``'s ``alpha``).
         update_every: fine-tune after every this many ``update`` calls (``online="finetune"``).
         steps: optimizer steps per fine-tuning.
         lr: learning rate of the fine-tuning optimizer.
@@ -70,7 +70,7 @@ class GNNCostModel(ms.cost_model.PyCostModel):
                  frozen: bool = False, update_every: int = 1, steps: int = 20, lr: float = 1e-4,
                  history: int = 4096, batch_size: int = 1024, threads: int | None = None,
                  feature_cache: int = 1024, explore: float = 0.0, online: str = "ridge",
-                 ridge_alpha: float = 1000.0) -> None:
+                 ridge_alpha: float | None = None) -> None:
         super().__init__()
         if online not in ("ridge", "finetune"):
             raise ValueError(f"GNNCostModel: online must be 'ridge' or 'finetune' (got {online!r})")
@@ -81,7 +81,7 @@ class GNNCostModel(ms.cost_model.PyCostModel):
         self.frozen, self.update_every = frozen, max(1, int(update_every))
         self.steps, self.lr, self.batch_size = int(steps), float(lr), int(batch_size)
         self.explore, self.online = float(explore), online
-        self.correction = OnlineCorrection(alpha=ridge_alpha, history=history)
+        self.correction = OnlineCorrection(history=history, **({} if ridge_alpha is None else {"alpha": ridge_alpha}))
         self.stats = CostModelStats()  # its own counters here; TimedCostModel fills the rest of the same object
         self.buffer = MeasuredBuffer(history=history)
         self.features = FeatureCache(size=feature_cache)
