@@ -480,12 +480,21 @@ class CpuMeter:
         return busy, steal, sum(v[:8])
 
     def _own(self) -> float:
+        """CPU ticks of this process, of its children it has reaped, and of the live ``own`` pids.
+
+        The reaped children's time (``cutime + cstime``) keeps a worker that was killed and replaced
+        mid-interval (a run or build past its timeout) on our side: without it, its CPU time dropped
+        out of ours between two samples and was counted as a foreign process's (up to 2.7 cores).
+        """
         total = 0.0
-        for pid in [os.getpid(), *self.own()]:
+        me = os.getpid()
+        for pid in [me, *self.own()]:
             try:
                 with open(f"/proc/{pid}/stat") as f:
                     parts = f.read().rsplit(")", 1)[1].split()
                 total += float(parts[11]) + float(parts[12])  # utime + stime
+                if pid == me:
+                    total += float(parts[13]) + float(parts[14])  # cutime + cstime: reaped children
             except (OSError, IndexError, ValueError):
                 continue
         return total

@@ -134,6 +134,23 @@ def test_cpu_meter_sees_another_process_burning() -> None:
     assert busy["foreign"] > quiet["foreign"] + 0.4, (quiet, busy)
 
 
+def test_cpu_meter_keeps_a_killed_worker_on_our_side() -> None:
+    """A worker of ours that burns, is killed and reaped mid-interval (a run past its timeout) is not
+    foreign load: its CPU time must not drop out of ours when its pid goes away."""
+    import subprocess
+    import sys
+
+    child: list = [subprocess.Popen([sys.executable, "-c", "while True: pass"])]
+    meter = CpuMeter(lambda: [c.pid for c in child if c.poll() is None])
+    time.sleep(0.3)
+    start = meter.sample()
+    time.sleep(1.2)
+    child[0].kill()
+    child[0].wait()
+    load = meter.since(start)
+    assert load["foreign"] < 0.5, load
+
+
 def test_guard_waits_for_a_busy_machine_with_one_line_why(native, items, tmp_path: Path) -> None:
     from perfmodel.collect.measure import build
 
