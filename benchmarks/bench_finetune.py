@@ -12,6 +12,7 @@ measured times; also the seconds each policy spent in ``update`` (featurizing + 
 
 Policies: ``frozen`` (``gnn.frozen=true``), ``ridge`` (``gnn.online=ridge``, the default of
 ``perfmodel tune``: a per-task ridge correction on the network's embeddings, refitted every round),
+``gp`` (``gnn.online=gp``: a Gaussian process on the same embeddings; judged by its posterior mean),
 ``every<k>`` (``gnn.online=finetune``: fine-tune the network after every k-th round,
 ``gnn.update_every=k``), ``xgb`` (TVM's XGBModel
 trained on the rounds so far, what the GNN competes with: scores at random until 100 measurements).
@@ -53,11 +54,13 @@ def policy_model(name: str, checkpoint: str | None) -> Any:
         return make_cost_model("gnn", checkpoint=checkpoint, frozen=True, threads=1)
     if name == "ridge":
         return make_cost_model("gnn", checkpoint=checkpoint, online="ridge", threads=1)
+    if name == "gp":  # its posterior mean: the ranking it learned (its optimism is for the search, not judged here)
+        return make_cost_model("gnn", checkpoint=checkpoint, online="gp", gp_kappa=0.0, threads=1)
     if name.startswith("every") and name[5:].isdigit():
         return make_cost_model("gnn", checkpoint=checkpoint, online="finetune", update_every=int(name[5:]), threads=1)
     if name == "xgb":
         return make_cost_model("xgb", num_tuning_cores=1)
-    raise SystemExit(f"unknown policy {name!r}: use frozen, ridge, every<k> (e.g. every1, every4) or xgb")
+    raise SystemExit(f"unknown policy {name!r}: use frozen, ridge, gp, every<k> (e.g. every1, every4) or xgb")
 
 
 def replay(task: Any, policies: list[str], per_iter: int, checkpoint: str | None) -> dict[str, dict]:
@@ -111,8 +114,8 @@ def main() -> int:
 
     policies = [p for p in args.policies.split(",") if p]
     for p in policies:  # a typo fails before any work
-        if not (p in ("frozen", "ridge", "xgb") or (p.startswith("every") and p[5:].isdigit())):
-            raise SystemExit(f"unknown policy {p!r}: use frozen, ridge, every<k> (e.g. every1, every4) or xgb")
+        if not (p in ("frozen", "ridge", "gp", "xgb") or (p.startswith("every") and p[5:].isdigit())):
+            raise SystemExit(f"unknown policy {p!r}: use frozen, ridge, gp, every<k> (e.g. every1, every4) or xgb")
     if args.heldout:
         from perfmodel.predictor import load_predictor
 

@@ -58,6 +58,8 @@ TASKS = ["GRP-3", "SFM-3", "TBG-3", "mobilenetv2-b8/fused_conv2d14_subtract9_div
 QUICK_TASKS = ["GRP-3", "TBG-3", "resnet18-b8/fused_matmul_add13"]  # their bad candidates are still fast to time
 MODELS = ["gnn", "xgb", "random"]
 EXPLORE = "gnn-explore"  # also in --models: the GNN scoring with exploration from doubt (gnn.explore=--explore)
+GP = "gnn-gp"  # also in --models: the GNN learning each task by a Gaussian process (gnn.online=gp)
+VARIANTS = {EXPLORE: "explore", GP: "gp"}  # GNN modes compared with XGB like "gnn": name -> prefix of their keys
 TARGET_SAVED = 4.0
 REACH_TOL = 0.01  # "reached XGB's final best": within 1% of it (re-timing the same schedule differs by ~1-4%)
 SUMMARY = "summary.json"  # written last by a finished run: its presence alone marks the run done
@@ -188,7 +190,7 @@ def task_report(label: str, runs: dict[tuple[str, int], dict], trials: int) -> d
         rep["tune_s"][key] = r.get("tune_s")
         if all_failed(r):
             rep["failed"].append(key)
-    for gnn, key in (("gnn", "gnn_vs_xgb"), (EXPLORE, "explore_vs_xgb")):
+    for gnn, key in (("gnn", "gnn_vs_xgb"), *((v, f"{p}_vs_xgb") for v, p in VARIANTS.items())):
         rep[key] = {}
         for (m, s), r in ok.items():
             if m == gnn and ("xgb", s) in ok:
@@ -202,7 +204,7 @@ def task_report(label: str, runs: dict[tuple[str, int], dict], trials: int) -> d
     rep["guard_s"] = {f"{m}-s{s}": round(g["waited_s"] + g["remeasure_s"], 1)
                       for (m, s), r in ok.items() if (g := r.get("guard"))}
     rep["gnn_fallback"] = sum(int((r.get("gnn") or {}).get("fallback", 0)) for (m, _), r in ok.items()
-                              if m in ("gnn", EXPLORE))
+                              if m == "gnn" or m in VARIANTS)
     rep["seconds_marks"] = ts
     return rep
 
@@ -255,6 +257,8 @@ def model_overrides(model: str, explore: float) -> list[str]:
     """The conf/tune.yaml overrides that make ``model`` (a --models entry) the run's cost model."""
     if model == EXPLORE:
         return ["cost_model=gnn", f"gnn.explore={explore}"]
+    if model == GP:
+        return ["cost_model=gnn", "gnn.online=gp"]
     return [f"cost_model={model}"]
 
 
@@ -310,7 +314,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from perfmodel.plugin.cost_model import load_predictor
     from perfmodel.plugin.search import plot_curves
 
-    if {"gnn", EXPLORE} & set(models):
+    if {"gnn", *VARIANTS} & set(models):
         load_predictor(args.checkpoint or DEFAULT_CHECKPOINT)  # a bad checkpoint fails before any tuning
     seen = [t for t in tasks if t in set(_train_tasks())]
     if seen:
@@ -372,7 +376,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         _print_network(net_rep)
 
     cmps = [c for rep in per_task.values() for c in rep["gnn_vs_xgb"].values()]
-    explore_cmps = [c for rep in per_task.values() for c in rep["explore_vs_xgb"].values()]
     res = {
         "trials_saved_vs_xgb": _median([c["trials_saved"] for c in cmps]),
         "seconds_saved_vs_xgb": _median([c["seconds_saved"] for c in cmps if c["seconds_saved"] is not None]),
@@ -385,13 +388,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "predict_per_s_xgb": round(_gmean(thr["xgb"]) or 0.0, 1),
         "gnn_fallback": sum(rep["gnn_fallback"] for rep in per_task.values()) + net_rep.get("gnn_fallback", 0),
         "compared": len(cmps),
-        **({"explore": args.explore,
-            "explore_trials_saved_vs_xgb": _median([c["trials_saved"] for c in explore_cmps]),
-            "explore_seconds_saved_vs_xgb": _median([c["seconds_saved"] for c in explore_cmps
-                                                     if c["seconds_saved"] is not None]),
-            "explore_final_best_ratio_vs_xgb": _gmean([c["final_ratio"] for c in explore_cmps
-                                                       if c["final_ratio"] is not None])}
-           if EXPLORE in models else {}),
+        **({"explore": args.explore} if EXPLORE in models else {}),
+        **{k: v for name, p in VARIANTS.items() if name in models
+           for k, v in _saved(p, [c for rep in per_task.values() for c in rep[f"{p}_vs_xgb"].values()]).items()},
         "failed_runs": [f"{t} {m}-s{s}" for (t, m, s), r in all_runs.items() if "error" not in r and all_failed(r)],
         "errors": {f"{t} {m}-s{s}": r["error"] for (t, m, s), r in all_runs.items() if "error" in r},
         "resumed_runs": sum(1 for r in all_runs.values() if r.get("resumed")),
@@ -406,6 +405,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     _print_summary(res, len(tasks), seeds)
     print(json.dumps(res))
     return res
+
+
+def _saved(prefix: str, cmps: list[dict]) -> dict[str, Any]:
+    """The headline keys of a GNN mode (``<prefix>_trials_saved_vs_xgb`` ...) from its comparisons with XGB."""
+    return {f"{prefix}_trials_saved_vs_xgb": _median([c["trials_saved"] for c in cmps]),
+            f"{prefix}_seconds_saved_vs_xgb": _median([c["seconds_saved"] for c in cmps if c["seconds_saved"] is not None]),
+            f"{prefix}_final_best_ratio_vs_xgb": _gmean([c["final_ratio"] for c in cmps if c["final_ratio"] is not None])}
 
 
 def _throughput(path: Path, task: str, runs: list[dict], checkpoint: str | None) -> dict[str, float]:
@@ -437,7 +443,7 @@ def _print_task(task: str, rep: dict) -> None:
         for key, row in table.items():
             print(f"{key:10s}" + "".join(f"{'-' if row[c] is None else f'{row[c] * 1e3:.4f}':>10s}" for c in cols))
     for seed, c, who in [(s, c, "GNN") for s, c in rep["gnn_vs_xgb"].items()] + \
-            [(s, c, "GNN-explore") for s, c in rep.get("explore_vs_xgb", {}).items()]:
+            [(s, c, f"GNN-{p}") for p in VARIANTS.values() for s, c in rep.get(f"{p}_vs_xgb", {}).items()]:
         g = c["gnn_trials_to_xgb_final"]
         g_final = "-" if c["gnn_final_s"] is None else f"{c['gnn_final_s'] * 1e3:.4f} ms"
         ratio = "-" if c["final_ratio"] is None else f"{c['final_ratio']:.3f}"

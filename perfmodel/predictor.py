@@ -600,16 +600,115 @@ class OnlineCorrection:
 
     def state_dict(self) -> dict[str, Any]:
         """The fitted corrections (plain lists), for a cost model's ``save``."""
-        return {"alpha": self.alpha, "fits": [[k, mu.tolist(), sd.tolist(), w.tolist(), b]
+        return {"kind": "ridge", "alpha": self.alpha, "fits": [[k, mu.tolist(), sd.tolist(), w.tolist(), b]
                                               for k, (mu, sd, w, b) in self._fits.items()]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restores ``state_dict``'s corrections (the records behind them are not kept: new ones refit from
         the next measurement of that task on)."""
+        if state.get("kind", "ridge") != "ridge":
+            raise ValueError(f"OnlineCorrection.load_state_dict: the saved correction is a {state['kind']!r} one; "
+                             f"load it with gnn.online={state['kind']}")
         self.alpha = float(state.get("alpha", self.alpha))
         self._records.clear()
         self._fits = {k: (np.asarray(mu), np.asarray(sd), np.asarray(w), float(b))
                       for k, mu, sd, w, b in state.get("fits") or []}
+
+
+class GPCorrection(OnlineCorrection):
+    """Per-task Gaussian-process corrections: :class:`OnlineCorrection`'s residuals, fitted by a GP.
+
+    A ridge correction is one plane through the embedding space: it shifts the prior but cannot
+    learn "near this measured kernel it is fast". A GP with an RBF kernel on the standardized
+    embeddings can, and its posterior spread says how far a candidate is from everything measured:
+    the correction it returns is ``mean - kappa * std`` (optimistic in proportion to the distance from
+    the measurements, so the search leaves a plateau of look-alikes it has measured). Kernel
+    lengthscale and noise are picked per refit by marginal likelihood from a small grid around the
+    median distance; the signal variance is the residuals' variance.
+
+    Args:
+        kappa: weight of the posterior spread (0: the posterior mean only).
+        history: measured records kept per task (the newest; the fit is cubic in it).
+    """
+
+    _SCALES = (0.25, 0.5, 1.0, 2.0)  # lengthscale^2 as multiples of the median squared distance
+    _NOISES = (0.01, 0.05, 0.2, 0.5)  # noise variance as a fraction of the signal variance
+
+    def __init__(self, *, kappa: float = 1.0, history: int = 512) -> None:
+        if kappa < 0:
+            raise ValueError(f"GPCorrection: kappa must be >= 0 (got {kappa})")
+        self.kappa, self.history = float(kappa), int(history)
+        self.alpha = 0.0
+        self._records = {}
+        self._fits = {}
+
+    def _fit(self, e: np.ndarray, r: np.ndarray) -> tuple:
+        # a unit nearly constant over the measured records must not make every new candidate "far":
+        # its scale is floored at half the typical unit's
+        sd = e.std(0)
+        mu, sd = e.mean(0), np.maximum(sd, 0.5 * float(np.median(sd)) + 1e-6)
+        z, b = (e - mu) / sd, float(r.mean())
+        rc = r - b
+        s2 = max(float(rc.var()), 1e-4)
+        d2 = _sqdist(z, z)
+        med = float(np.median(d2[np.triu_indices(len(z), 1)])) if len(z) > 1 else 1.0
+        best = None
+        for scale in self._SCALES:
+            k = s2 * np.exp(-d2 / (2 * scale * max(med, 1e-6)))
+            for noise in self._NOISES:
+                try:
+                    chol = np.linalg.cholesky(k + noise * s2 * np.eye(len(z)))
+                except np.linalg.LinAlgError:
+                    continue
+                a = np.linalg.solve(chol.T, np.linalg.solve(chol, rc))
+                nll = 0.5 * rc @ a + np.log(np.diag(chol)).sum()
+                if best is None or nll < best[0]:
+                    best = (nll, scale * max(med, 1e-6), chol, a)
+        if best is None:  # pragma: no cover - the largest noise keeps the matrix positive definite
+            raise np.linalg.LinAlgError("GPCorrection: no kernel setting gave a positive-definite matrix")
+        _, l2, chol, a = best
+        return mu, sd, z, a, chol, b, s2, l2
+
+    def posterior(self, task: Any, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior mean and standard deviation [N] of ``task``'s residual (log seconds) at ``emb`` [N, E]."""
+        emb = np.asarray(emb, dtype=np.float64)
+        fit = self._fits.get(task)
+        if fit is None:
+            return np.zeros(emb.shape[0]), np.zeros(emb.shape[0])
+        mu, sd, z, a, chol, b, s2, l2 = fit
+        if emb.shape[1] != mu.size:
+            raise ValueError(f"GPCorrection: embeddings of width {emb.shape[1]}, fitted on {mu.size}")
+        ks = s2 * np.exp(-_sqdist((emb - mu) / sd, z) / (2 * l2))  # [N, n]
+        v = np.linalg.solve(chol, ks.T)  # [n, N]
+        var = np.maximum(s2 - (v * v).sum(0), 0.0)
+        return ks @ a + b, np.sqrt(var)
+
+    def __call__(self, task: Any, emb: np.ndarray) -> np.ndarray:
+        """The correction [N] of ``task``'s predictions: posterior mean - ``kappa`` * posterior std."""
+        m, s = self.posterior(task, emb)
+        return m - self.kappa * s
+
+    def state_dict(self) -> dict[str, Any]:
+        """The tasks' measured records (a GP is its data), for a cost model's ``save``."""
+        return {"kind": "gp", "kappa": self.kappa,
+                "records": [[k, np.stack(e).tolist(), list(r)] for k, (e, r) in self._records.items() if r]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Refits ``state_dict``'s records."""
+        if state.get("kind") != "gp":
+            raise ValueError("GPCorrection.load_state_dict: the saved correction is not a GP's "
+                             f"(kind {state.get('kind', 'ridge')!r}); load it with gnn.online=ridge")
+        self.kappa = float(state.get("kappa", self.kappa))
+        self._records.clear()
+        self._fits.clear()
+        for k, e, r in state.get("records") or []:
+            self._records[k] = ([], [])
+            self.add(k, np.asarray(e), np.asarray(r), np.zeros(len(r)))
+
+
+def _sqdist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Squared Euclidean distances [len(a), len(b)]."""
+    return np.maximum((a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T, 0.0)
 
 
 @overload

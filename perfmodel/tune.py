@@ -79,7 +79,8 @@ def build_cost_model(cfg: Any) -> Any:
         return make_cost_model("gnn", checkpoint=cfg.get("checkpoint") or None, frozen=bool(g.frozen),
                                update_every=int(g.update_every), steps=int(g.steps), lr=float(g.lr),
                                threads=g.get("threads"), explore=float(g.get("explore") or 0.0),
-                               online=str(g.online), ridge_alpha=float(g.ridge_alpha))
+                               online=str(g.online), ridge_alpha=float(g.ridge_alpha),
+                               gp_kappa=float(g.gp_kappa))
     return make_cost_model(kind, num_tuning_cores=int(cfg.get("xgb_threads") or _physical_cores()))
 
 

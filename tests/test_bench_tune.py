@@ -119,3 +119,11 @@ def test_the_exploring_gnn_is_compared_with_xgb_on_its_own(bench) -> None:
     assert rep["gnn_vs_xgb"]["1"]["final_ratio"] == 1.0
     assert rep["explore_vs_xgb"]["1"]["final_ratio"] == 0.5
     assert rep["explore_vs_xgb"]["1"]["gnn_trials_to_xgb_final"] == 2
+    # --models gnn-gp likewise (cost_model=gnn, gnn.online=gp), with its own headline keys
+    assert bench.model_overrides("gnn-gp", 0.5) == ["cost_model=gnn", "gnn.online=gp"]
+    runs[("gnn-gp", 1)] = _run([6.0, 4.0], [30, 70])
+    rep = bench.task_report("T", runs, 2)
+    assert rep["gp_vs_xgb"]["1"]["final_ratio"] == 2.0 and rep["gp_vs_xgb"]["1"]["gnn_trials_to_xgb_final"] is None
+    keys = bench._saved("gp", list(rep["gp_vs_xgb"].values()))
+    assert keys["gp_final_best_ratio_vs_xgb"] == pytest.approx(2.0) and set(keys) == {
+        "gp_trials_saved_vs_xgb", "gp_seconds_saved_vs_xgb", "gp_final_best_ratio_vs_xgb"}

@@ -12,7 +12,8 @@ import torch
 from perfmodel.featurize.schema import EDGE_FEATURES, NODE_FEATURES, SCHEMA_VERSION
 from perfmodel.models import build_model
 from perfmodel import predictor as predictor_mod
-from perfmodel.predictor import CheckpointError, MeasuredBuffer, OnlineCorrection, Predictor, load_predictor
+from perfmodel.predictor import (CheckpointError, GPCorrection, MeasuredBuffer, OnlineCorrection, Predictor,
+                                 load_predictor)
 from perfmodel.training.synthetic import SyntheticDataset
 
 torch.set_num_threads(1)  # tiny graphs on a shared 2-core machine: more threads only contend
@@ -332,6 +333,48 @@ def test_online_correction_fits_a_linear_residual_and_round_trips() -> None:
         c("A", emb[:, :5])
     with pytest.raises(ValueError, match="alpha"):
         OnlineCorrection(alpha=0)
+
+
+def test_gp_correction_learns_a_local_residual_that_a_plane_cannot() -> None:
+    """A residual that is a bump around one kernel (fast near it, as a search finds) is learned by the
+    GP and not by ridge; the GP's spread is small at measured points and large far from them, and
+    ``kappa`` turns it into optimism; its state (the records) round-trips; a ridge state is refused."""
+    rng = np.random.default_rng(1)
+    emb = rng.normal(size=(120, 6))
+    centre = emb[0]
+    truth_res = -1.5 * np.exp(-((emb - centre) ** 2).sum(1) / 4.0)  # log-time residual: faster near `centre`
+    prior = rng.normal(size=120)
+    train, test = slice(0, 90), slice(90, 120)
+    gp, ridge = GPCorrection(kappa=0.0), OnlineCorrection(alpha=1.0)
+    for c in (gp, ridge):
+        c.add("T", emb[train], prior[train] + truth_res[train], prior[train])
+    mse = lambda c: float(np.mean((c("T", emb[test]) - truth_res[test]) ** 2))  # noqa: E731
+    assert mse(gp) < 0.5 * mse(ridge), (mse(gp), mse(ridge))
+    # a unit constant over the measured records (a dead one) that moves a little in new candidates
+    # does not make them all look unmeasured
+    flat = np.hstack([emb, np.zeros((120, 1))])
+    moved = flat[test].copy()
+    moved[:, -1] = 0.5
+    g2 = GPCorrection(kappa=0.0)
+    g2.add("T", flat[train], prior[train] + truth_res[train], prior[train])
+    assert float(np.mean((g2("T", moved) - truth_res[test]) ** 2)) < 0.5 * mse(ridge)
+    _, sd_seen = gp.posterior("T", emb[:10])
+    _, sd_far = gp.posterior("T", emb[:10] + 8.0)
+    assert sd_seen.max() < 0.5 * sd_far.min()
+    bold = GPCorrection(kappa=2.0)
+    bold.add("T", emb[train], prior[train] + truth_res[train], prior[train])
+    far = emb[:10] + 8.0
+    assert np.all(bold("T", far) < gp("T", far) - 0.1)  # far from everything measured looks faster
+    assert np.array_equal(gp("U", emb[test]), np.zeros(30)) and gp.bound("U") is None
+    back = GPCorrection()
+    back.load_state_dict(bold.state_dict())
+    assert back.kappa == 2.0 and np.allclose(back("T", emb[test]), bold("T", emb[test]))
+    with pytest.raises(ValueError, match="online=ridge"):
+        GPCorrection().load_state_dict(ridge.state_dict())
+    with pytest.raises(ValueError, match="online=gp"):
+        OnlineCorrection().load_state_dict(gp.state_dict())
+    with pytest.raises(ValueError, match="kappa"):
+        GPCorrection(kappa=-1)
 
 
 def test_embeddings_and_the_corrected_prediction_of_an_ensemble(target) -> None:

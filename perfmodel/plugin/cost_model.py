@@ -13,7 +13,7 @@ from tvm.ir.utils import derived_object
 from perfmodel._tvm import load_ms
 from perfmodel.collect.database import FAILED
 from perfmodel.collect.measure import label_secs
-from perfmodel.predictor import (DEFAULT_CHECKPOINT, FeatureCache, MeasuredBuffer, OnlineCorrection, Predictor, flops_of,
+from perfmodel.predictor import (DEFAULT_CHECKPOINT, FeatureCache, GPCorrection, MeasuredBuffer, OnlineCorrection, Predictor, flops_of,
                                  load_predictor)
 from perfmodel.plugin.timed import CostModelStats, TimedCostModel
 
@@ -36,7 +36,9 @@ class GNNCostModel(ms.cost_model.PyCostModel):
     :class:`TimedCostModel` (``make_cost_model("gnn")``) turns it into a fallback score and counts it.
     ``update`` learns from the measured candidates (unless ``frozen``), by ``online``: ``"ridge"``
     (default) refits the task's :class:`~perfmodel.predictor.OnlineCorrection` (a ridge correction on
-    the frozen network's embeddings, milliseconds per round); ``"finetune"`` keeps them in a
+    the frozen network's embeddings, milliseconds per round); ``"gp"`` a
+    :class:`~perfmodel.predictor.GPCorrection` instead (a Gaussian process on the same embeddings,
+    optimistic by ``gp_kappa`` times its posterior spread); ``"finetune"`` keeps them in a
     :class:`~perfmodel.predictor.MeasuredBuffer` and fine-tunes the network on them every
     ``update_every`` calls (seconds per round). Replayed on finished tuning runs
     (``benchmarks/bench_finetune.py``, RESULTS.md) fine-tuning every round ranks the next round a little
@@ -51,8 +53,9 @@ class GNNCostModel(ms.cost_model.PyCostModel):
         path: checkpoint to load; default the shipped ``perfmodel/pretrained/gnn.ckpt``.
         predictor: use this predictor instead of loading ``path``.
         frozen: never learn from the search's measurements.
-        online: ``"ridge"`` (per-task correction on the embeddings) or ``"finetune"`` (the network).
+        online: ``"ridge"`` or ``"gp"`` (per-task correction on the embeddings) or ``"finetune"`` (the network).
         ridge_alpha: ridge penalty of the correction (default: ``OnlineCorrection``'s ``alpha``).
+        gp_kappa: ``online="gp"``: weight of the GP's posterior spread (default: ``GPCorrection``'s ``kappa``).
         update_every: fine-tune after every this many ``update`` calls (``online="finetune"``).
         steps: optimizer steps per fine-tuning.
         lr: learning rate of the fine-tuning optimizer.
@@ -70,10 +73,10 @@ class GNNCostModel(ms.cost_model.PyCostModel):
                  frozen: bool = False, update_every: int = 1, steps: int = 20, lr: float = 1e-4,
                  history: int = 4096, batch_size: int = 1024, threads: int | None = None,
                  feature_cache: int = 1024, explore: float = 0.0, online: str = "ridge",
-                 ridge_alpha: float | None = None) -> None:
+                 ridge_alpha: float | None = None, gp_kappa: float | None = None) -> None:
         super().__init__()
-        if online not in ("ridge", "finetune"):
-            raise ValueError(f"GNNCostModel: online must be 'ridge' or 'finetune' (got {online!r})")
+        if online not in ("ridge", "gp", "finetune"):
+            raise ValueError(f"GNNCostModel: online must be 'ridge', 'gp' or 'finetune' (got {online!r})")
         if threads:
             import torch
 
@@ -81,7 +84,10 @@ class GNNCostModel(ms.cost_model.PyCostModel):
         self.frozen, self.update_every = frozen, max(1, int(update_every))
         self.steps, self.lr, self.batch_size = int(steps), float(lr), int(batch_size)
         self.explore, self.online = float(explore), online
-        self.correction = OnlineCorrection(history=history, **({} if ridge_alpha is None else {"alpha": ridge_alpha}))
+        self._correction_args: dict[str, Any] = (  # a GP keeps its own (smaller) history: its fit is cubic in it
+            ({} if gp_kappa is None else {"kappa": gp_kappa}) if online == "gp" else
+            {"history": history, **({} if ridge_alpha is None else {"alpha": ridge_alpha})})
+        self.correction = self._new_correction()
         self.stats = CostModelStats()  # its own counters here; TimedCostModel fills the rest of the same object
         self.buffer = MeasuredBuffer(history=history)
         self.features = FeatureCache(size=feature_cache)
@@ -108,11 +114,15 @@ class GNNCostModel(ms.cost_model.PyCostModel):
         """Loads a checkpoint (of ``train`` or ``save``); checks that it fits the featurizer."""
         self.predictor = load_predictor(path)
         self.path = str(path)
-        self.correction = OnlineCorrection(alpha=self.correction.alpha, history=self.correction.history)
+        self.correction = self._new_correction()
         state = self.predictor.meta.pop(CORRECTION_KEY, None)  # written by ``save`` after a search
         if state:
             self.correction.load_state_dict(state)
         self.features = FeatureCache(size=self.features.size)  # features of another checkpoint's granularity
+
+    def _new_correction(self) -> OnlineCorrection:
+        """An empty per-task correction of the kind ``online`` names."""
+        return (GPCorrection if self.online == "gp" else OnlineCorrection)(**self._correction_args)
 
     def save(self, path: str) -> None:
         """Writes the (possibly fine-tuned) network, its metadata and the tasks' corrections; ``load`` reads it back."""
@@ -144,7 +154,7 @@ class GNNCostModel(ms.cost_model.PyCostModel):
             return
         task = self._task(context)
         datas = self.predictor.featurize([candidates[i].sch for i in ok], flops=task["flops"], target=task["target"])
-        if self.online == "ridge":
+        if self.online in ("ridge", "gp"):
             have = [j for j, d in enumerate(datas) if d is not None]
             if have:
                 prior, emb = self.predictor.embed_data([datas[j] for j in have], batch_size=self.batch_size,

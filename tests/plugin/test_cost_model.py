@@ -106,7 +106,7 @@ def test_higher_score_is_lower_predicted_time(gnn_ckpt: Path, space, candidates:
     assert np.allclose(np.log(scores), np.log(2 * 64**3 / 1e9) - log_t, atol=1e-5)  # predicted GFLOP/s
 
 
-@pytest.mark.parametrize("online", ["ridge", "finetune"])
+@pytest.mark.parametrize("online", ["ridge", "gp", "finetune"])
 def test_save_load_round_trip(gnn_ckpt: Path, space, candidates: list, tmp_path: Path, online: str) -> None:
     a = GNNCostModel.from_checkpoint(gnn_ckpt, steps=5, lr=1e-2, online=online)
     fresh = a.predict(space.ctx, candidates)
@@ -114,14 +114,17 @@ def test_save_load_round_trip(gnn_ckpt: Path, space, candidates: list, tmp_path:
     learned = a.predict(space.ctx, candidates)
     assert not np.allclose(fresh, learned)
     a.save(str(tmp_path / "m.ckpt"))
-    b = GNNCostModel.from_checkpoint(gnn_ckpt)
+    b = GNNCostModel.from_checkpoint(gnn_ckpt, online=online)
     b.load(str(tmp_path / "m.ckpt"))
     assert np.allclose(learned, b.predict(space.ctx, candidates), rtol=1e-9)
-    c = GNNCostModel.from_checkpoint(tmp_path / "m.ckpt")
+    c = GNNCostModel.from_checkpoint(tmp_path / "m.ckpt", online=online)
     assert np.allclose(learned, c.predict(space.ctx, candidates), rtol=1e-9)
     # loading the plain checkpoint again forgets the search
     c.load(str(gnn_ckpt))
     assert np.array_equal(fresh, c.predict(space.ctx, candidates))
+    if online == "gp":  # a GP's correction read as a ridge one: refused, saying how to load it
+        with pytest.raises(ValueError, match="online=gp"):
+            GNNCostModel.from_checkpoint(tmp_path / "m.ckpt")
 
 
 def test_update_fine_tunes_on_measured_results(gnn_ckpt: Path, space, candidates: list) -> None:
