@@ -270,7 +270,7 @@ class Predictor:
     def predict_schedules(self, schs: Sequence[Any], *, flops: float | Sequence[float] | None = None,
                           batch_size: int = 1024, cache: FeatureCache | None = None,
                           explore: float = 0.0, target: Any = None,
-                          correction: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+                          correction: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> np.ndarray:
         """Predicted log seconds of schedules, shape [N]; one that cannot be featurized gets ``+inf``.
 
         Equal to ``predict_data(featurize(schs, flops=flops))``, but the features go straight into
@@ -290,7 +290,7 @@ class Predictor:
 
     def _predict_schedules(self, schs: Sequence[Any], fl: list[float], batch_size: int, cache: FeatureCache | None,
                            explore: float, target: Any,
-                           correction: Callable[[np.ndarray], np.ndarray] | None) -> np.ndarray:
+                           correction: Callable[[np.ndarray, np.ndarray], np.ndarray] | None) -> np.ndarray:
         if cache is None:
             feats = self._features_isolated(schs)
         else:
@@ -314,13 +314,13 @@ class Predictor:
 
     def predict_features(self, feats: Sequence[Any], flops: Sequence[float], *, batch_size: int = 1024,
                          explore: float = 0.0, target: Any = None,
-                         correction: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+                         correction: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> np.ndarray:
         """Predicted log seconds of ``perfmodel.featurize.Features`` with their FLOPs, shape [N] float64.
 
         With ``explore`` > 0 and an ensemble: the optimistic log time ``mean - explore * std`` over the
         members (a lower confidence bound on the time: candidates the members disagree on look faster).
-        ``correction``: called with the graphs' embeddings [N, E] (``embed_data``), returns log seconds
-        [N] added to the prediction (an :class:`OnlineCorrection` bound to a task).
+        ``correction``: called with the graphs' embeddings [N, E] (``embed_data``) and the prediction [N],
+        returns log seconds [N] added to the prediction (an :class:`OnlineCorrection` bound to a task).
         ``target``: see the class.
         """
         from perfmodel.featurize import features_to_batch
@@ -340,7 +340,7 @@ class Predictor:
                     m = self.model(b).unsqueeze(0)
                 m = m.double()
                 y = (m.mean(0) - explore * m.std(0, unbiased=False) if spread else m.mean(0)).cpu().numpy()
-                outs.append(y if correction is None else y + correction(emb.double().cpu().numpy()))
+                outs.append(y if correction is None else y + correction(emb.double().cpu().numpy(), y))
         return np.concatenate(outs)
 
     def embed_data(self, datas: Sequence[Any], *, batch_size: int = 1024,
@@ -554,24 +554,26 @@ class OnlineCorrection:
 
     def records(self, task: Any) -> int:
         """Measured records the correction of ``task`` is fitted on."""
-        return len(self._records.get(task, ((), ()))[1])
+        return len(self._records.get(task, ((), (), ()))[1])
 
     def add(self, task: Any, emb: np.ndarray, log_secs: Sequence[float], prior: Sequence[float]) -> None:
         """Adds measured records of ``task`` (embeddings [n, E], measured and predicted log seconds [n]) and refits."""
         emb = np.asarray(emb, dtype=np.float64)
-        res = np.asarray(log_secs, dtype=np.float64) - np.asarray(prior, dtype=np.float64)
+        pri = np.asarray(prior, dtype=np.float64)
+        res = np.asarray(log_secs, dtype=np.float64) - pri
         if emb.ndim != 2 or emb.shape[0] != res.size:
             raise ValueError(f"OnlineCorrection.add: {emb.shape} embeddings for {res.size} times")
         keep = np.isfinite(res) & np.isfinite(emb).all(1)
         if not keep.any():
             return
-        embs, resids = self._records.setdefault(task, ([], []))
+        embs, resids, priors = self._records.setdefault(task, ([], [], []))
         embs.extend(emb[keep])
         resids.extend(res[keep].tolist())
-        del embs[:-self.history], resids[:-self.history]
-        self._fits[task] = self._fit(np.stack(embs), np.asarray(resids))
+        priors.extend(pri[keep].tolist())
+        del embs[:-self.history], resids[:-self.history], priors[:-self.history]
+        self._fits[task] = self._fit(np.stack(embs), np.asarray(resids), np.asarray(priors))
 
-    def _fit(self, e: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    def _fit(self, e: np.ndarray, r: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
         mu, sd = e.mean(0), e.std(0) + 1e-6
         z, b = (e - mu) / sd, float(r.mean())
         rc = r - b
@@ -582,9 +584,10 @@ class OnlineCorrection:
             w = np.linalg.solve(z.T @ z + self.alpha * np.eye(d), z.T @ rc)
         return mu, sd, w, b
 
-    def __call__(self, task: Any, emb: np.ndarray) -> np.ndarray:
-        """The correction [N] (log seconds to add) of ``task``'s predictions with embeddings ``emb`` [N, E];
-        zeros for a task without measurements."""
+    def __call__(self, task: Any, emb: np.ndarray, prior: np.ndarray | None = None) -> np.ndarray:
+        """The correction [N] (log seconds to add) of ``task``'s predictions with embeddings ``emb`` [N, E]
+        (``prior``, the predictions themselves, is not used by the ridge); zeros for a task without
+        measurements."""
         emb = np.asarray(emb, dtype=np.float64)
         fit = self._fits.get(task)
         if fit is None:
@@ -594,9 +597,9 @@ class OnlineCorrection:
             raise ValueError(f"OnlineCorrection: embeddings of width {emb.shape[1]}, fitted on {mu.size}")
         return ((emb - mu) / sd) @ w + b
 
-    def bound(self, task: Any) -> Callable[[np.ndarray], np.ndarray] | None:
+    def bound(self, task: Any) -> Callable[[np.ndarray, np.ndarray], np.ndarray] | None:
         """``Predictor.predict_features``'s ``correction`` for ``task`` (``None`` while it has no measurement)."""
-        return (lambda emb: self(task, emb)) if task in self._fits else None
+        return (lambda emb, prior: self(task, emb, prior)) if task in self._fits else None
 
     def state_dict(self) -> dict[str, Any]:
         """The fitted corrections (plain lists), for a cost model's ``save``."""
@@ -642,7 +645,14 @@ class GPCorrection(OnlineCorrection):
         self._records = {}
         self._fits = {}
 
-    def _fit(self, e: np.ndarray, r: np.ndarray) -> tuple:
+    def _fit(self, e: np.ndarray, r: np.ndarray, p: np.ndarray) -> tuple:
+        # how much of the prior's own ranking holds on this task: measured ~ a * prior, a = 1 + beta
+        # fitted by least squares, shrunk toward 1 while records are few, within [0, 1.5]
+        pm = float(p.mean())
+        pc = p - pm
+        beta = float(np.clip((pc @ (r - r.mean())) / (pc @ pc + 1e-9) * len(p) / (len(p) + 16.0), -1.0, 0.5)) \
+            if len(p) > 2 else 0.0
+        r = r - beta * pc
         # a unit nearly constant over the measured records must not make every new candidate "far":
         # its scale is floored at half the typical unit's
         sd = e.std(0)
@@ -667,31 +677,34 @@ class GPCorrection(OnlineCorrection):
         if best is None:  # pragma: no cover - the largest noise keeps the matrix positive definite
             raise np.linalg.LinAlgError("GPCorrection: no kernel setting gave a positive-definite matrix")
         _, l2, chol, a = best
-        return mu, sd, z, a, chol, b, s2, l2
+        return mu, sd, z, a, chol, b, s2, l2, beta, pm
 
-    def posterior(self, task: Any, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Posterior mean and standard deviation [N] of ``task``'s residual (log seconds) at ``emb`` [N, E]."""
+    def posterior(self, task: Any, emb: np.ndarray, prior: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior mean and standard deviation [N] of ``task``'s residual (log seconds) at ``emb`` [N, E]
+        with the model's predictions ``prior`` [N] (default: the records' mean prior)."""
         emb = np.asarray(emb, dtype=np.float64)
         fit = self._fits.get(task)
         if fit is None:
             return np.zeros(emb.shape[0]), np.zeros(emb.shape[0])
-        mu, sd, z, a, chol, b, s2, l2 = fit
+        mu, sd, z, a, chol, b, s2, l2, beta, pm = fit
         if emb.shape[1] != mu.size:
             raise ValueError(f"GPCorrection: embeddings of width {emb.shape[1]}, fitted on {mu.size}")
         ks = s2 * np.exp(-_sqdist((emb - mu) / sd, z) / (2 * l2))  # [N, n]
         v = np.linalg.solve(chol, ks.T)  # [n, N]
         var = np.maximum(s2 - (v * v).sum(0), 0.0)
-        return ks @ a + b, np.sqrt(var)
+        shift = 0.0 if prior is None else beta * (np.asarray(prior, dtype=np.float64) - pm)
+        return ks @ a + b + shift, np.sqrt(var)
 
-    def __call__(self, task: Any, emb: np.ndarray) -> np.ndarray:
-        """The correction [N] of ``task``'s predictions: posterior mean - ``kappa`` * posterior std."""
-        m, s = self.posterior(task, emb)
+    def __call__(self, task: Any, emb: np.ndarray, prior: np.ndarray | None = None) -> np.ndarray:
+        """The correction [N] of ``task``'s predictions ``prior`` with embeddings ``emb``: posterior mean -
+        ``kappa`` * posterior std."""
+        m, s = self.posterior(task, emb, prior)
         return m - self.kappa * s
 
     def state_dict(self) -> dict[str, Any]:
         """The tasks' measured records (a GP is its data), for a cost model's ``save``."""
         return {"kind": "gp", "kappa": self.kappa,
-                "records": [[k, np.stack(e).tolist(), list(r)] for k, (e, r) in self._records.items() if r]}
+                "records": [[k, np.stack(e).tolist(), list(r), list(p)] for k, (e, r, p) in self._records.items() if r]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Refits ``state_dict``'s records."""
@@ -701,9 +714,8 @@ class GPCorrection(OnlineCorrection):
         self.kappa = float(state.get("kappa", self.kappa))
         self._records.clear()
         self._fits.clear()
-        for k, e, r in state.get("records") or []:
-            self._records[k] = ([], [])
-            self.add(k, np.asarray(e), np.asarray(r), np.zeros(len(r)))
+        for k, e, r, p in state.get("records") or []:
+            self.add(k, np.asarray(e), np.asarray(r) + np.asarray(p), np.asarray(p))
 
 
 def _sqdist(a: np.ndarray, b: np.ndarray) -> np.ndarray:

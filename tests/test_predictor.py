@@ -368,7 +368,15 @@ def test_gp_correction_learns_a_local_residual_that_a_plane_cannot() -> None:
     assert np.array_equal(gp("U", emb[test]), np.zeros(30)) and gp.bound("U") is None
     back = GPCorrection()
     back.load_state_dict(bold.state_dict())
-    assert back.kappa == 2.0 and np.allclose(back("T", emb[test]), bold("T", emb[test]))
+    assert back.kappa == 2.0 and np.allclose(back("T", emb[test], prior[test]), bold("T", emb[test], prior[test]))
+    # a prior whose spread this task does not bear out (measured = 0.3 x prior) is damped even far from
+    # every measurement, where the kernel says nothing: the GP's mean scales the prior
+    wide = rng.normal(scale=2.0, size=120)
+    damp = GPCorrection(kappa=0.0)
+    damp.add("T", emb[train], 0.3 * wide[train], wide[train])
+    corrected = wide[test] + damp("T", emb[test] + 8.0, wide[test])
+    assert np.std(corrected) < 0.6 * np.std(wide[test])
+    assert np.corrcoef(corrected, wide[test])[0, 1] > 0.99  # the order of the prior is kept
     with pytest.raises(ValueError, match="online=ridge"):
         GPCorrection().load_state_dict(ridge.state_dict())
     with pytest.raises(ValueError, match="online=gp"):
@@ -395,9 +403,9 @@ def test_embeddings_and_the_corrected_prediction_of_an_ensemble(target) -> None:
     _, emb_a = a.embed_data(datas)
     assert emb.shape == (6, 2 * emb_a.shape[1]) and np.allclose(emb[:, :emb_a.shape[1]], emb_a, atol=1e-6)
     seen = []
-    def corr(e: np.ndarray) -> np.ndarray:
-        seen.append(e)
+    def corr(e: np.ndarray, prior: np.ndarray) -> np.ndarray:
+        seen.append((e, prior))
         return e[:, 0] * 0.1
     out = ens.predict_schedules(schs, flops=2 * 64**3, correction=corr)
-    assert np.allclose(seen[0], emb, atol=1e-6)
+    assert np.allclose(seen[0][0], emb, atol=1e-6) and np.allclose(seen[0][1], pred, atol=1e-6)
     assert np.allclose(out, pred + emb[:, 0] * 0.1, atol=1e-6)
