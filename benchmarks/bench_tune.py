@@ -30,9 +30,18 @@ did, an upper bound), ``seconds_saved_vs_xgb`` (the same with seconds), ``final_
 (geometric mean over tasks and seeds of GNN final best / XGB final best; lower is better),
 ``network_latency_ms`` (per model, measured end to end), ``cost_model_share`` (per model),
 ``predict_per_s_gnn``, ``predict_per_s_xgb``, ``network`` (the network's details) and ``tasks``
-(per task: best latency at each budget of trials and of seconds, per model and seed).
+(per task: best latency at each budget of trials and of seconds, per model and seed). GNN modes
+that ``--models`` may add beside ``gnn`` (each its own runs and comparison with XGB, and its own
+``<prefix>_trials_saved_vs_xgb`` / ``_seconds_saved_vs_xgb`` / ``_final_best_ratio_vs_xgb`` keys):
+``gnn-explore`` (``gnn.explore=--explore``, prefix ``explore``) and ``gnn-gp`` (``gnn.online=gp``,
+prefix ``gp``).
 
-    python benchmarks/bench_tune.py [--quick] [--tasks A,B] [--trials N] [--seeds 1,2] [--network bert_layer|resnet18|none]
+A search "seed" does not pin MetaSchedule's evolutionary search (it samples on a thread pool): two
+runs with one seed and one model draw different candidates from the first round on, so seeds are
+independent replicates, not paired runs (RESULTS.md).
+
+    python benchmarks/bench_tune.py [--quick] [--tasks A,B] [--models gnn,gnn-explore,gnn-gp,xgb,random] [--trials N]
+        [--seeds 1,2] [--network bert_layer|resnet18|none]
         [--network-trials N] [--checkpoint PATH] [--no-guard] [--override KEY=VALUE ...] [--out DIR]
 """
 
