@@ -195,9 +195,13 @@ def test_builds_from_plain_tune_tir_database(tmp_path, target):
     work = tmp_path / "tune"
     # stock builder/runner; only their worker processes get the fast MetaSchedule import and more time,
     # because a fresh worker importing tvm.s_tir.tensor_intrin on a busy 2-core box exceeds the 30 s default
-    ms.tune_tir(matmul_mod(64), target=target, work_dir=str(work), max_trials_global=8, num_trials_per_iter=8,
-                builder=ms.builder.LocalBuilder(max_workers=1, timeout_sec=120, initializer=load_ms),
-                runner=ms.runner.LocalRunner(timeout_sec=60, initializer=load_ms), seed=1)
+    runner = ms.runner.LocalRunner(timeout_sec=60, initializer=load_ms)
+    try:
+        ms.tune_tir(matmul_mod(64), target=target, work_dir=str(work), max_trials_global=8, num_trials_per_iter=8,
+                    builder=ms.builder.LocalBuilder(max_workers=1, timeout_sec=120, initializer=load_ms),
+                    runner=runner, seed=1)
+    finally:
+        runner.pool.shutdown()  # TVM's LocalRunner keeps its worker process: else it outlives the test session
     ds = ScheduleDataset(tmp_path / "cache", work, progress=False)
     db = Database.open(work)
     assert len(ds) + ds.skipped.get("failed_measurement", 0) == len(db.records) > 0

@@ -83,10 +83,13 @@ def tuned_db(tmp_path_factory) -> Path:
 
     work = tmp_path_factory.mktemp("tune")
     # generous timeouts: a builder worker spends ~20 s importing TVM on a busy 2-core machine
-    ms.tune_tir(matmul_mod(64), target=tvm.target.Target({"kind": "llvm", "num-cores": 1}), work_dir=str(work),
-                max_trials_global=8, num_trials_per_iter=8, cost_model="random", seed=1,
-                builder=ms.builder.LocalBuilder(max_workers=1, timeout_sec=300),
-                runner=ms.runner.LocalRunner(timeout_sec=120))
+    runner = ms.runner.LocalRunner(timeout_sec=120)
+    try:
+        ms.tune_tir(matmul_mod(64), target=tvm.target.Target({"kind": "llvm", "num-cores": 1}), work_dir=str(work),
+                    max_trials_global=8, num_trials_per_iter=8, cost_model="random", seed=1,
+                    builder=ms.builder.LocalBuilder(max_workers=1, timeout_sec=300), runner=runner)
+    finally:
+        runner.pool.shutdown()  # TVM's LocalRunner keeps its worker process: else it outlives the test session
     return work
 
 

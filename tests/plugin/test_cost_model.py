@@ -342,9 +342,11 @@ def test_tune_tir_with_the_gnn(gnn_ckpt: Path, target, tmp_path: Path) -> None:
         db = ms.tune_tir(matmul_mod(), target=target, work_dir=str(tmp_path), max_trials_global=16,
                          num_trials_per_iter=8, cost_model=model, builder=builder, runner=runner, seed=1)
         workers = [w._proc.pid for w in builder.pool._worker_map.values() if w._proc is not None]
+        run_workers = [w._proc.pid for w in runner.pool._worker_map.values() if w._proc is not None]
     finally:
         builder.close()  # else its build workers outlive the test session (orphaned, idle)
-    assert workers and not [pid for pid in workers if Path(f"/proc/{pid}").exists()]
+        runner.pool.shutdown()  # TVM's LocalRunner keeps its worker process too
+    assert workers and not [pid for pid in workers + run_workers if Path(f"/proc/{pid}").exists()]
     recs = db.get_all_tuning_records()
     ok = [r for r in recs if r.run_secs and all(0 < float(s) < 1e9 for s in r.run_secs)]
     assert len(recs) >= 8 and ok
