@@ -640,10 +640,8 @@ class GPCorrection(OnlineCorrection):
     def __init__(self, *, kappa: float = 1.0, history: int = 512) -> None:
         if kappa < 0:
             raise ValueError(f"GPCorrection: kappa must be >= 0 (got {kappa})")
-        self.kappa, self.history = float(kappa), int(history)
-        self.alpha = 0.0
-        self._records = {}
-        self._fits = {}
+        super().__init__(history=history)  # the records and fits; the ridge's alpha goes unused
+        self.kappa = float(kappa)
 
     def _fit(self, e: np.ndarray, r: np.ndarray, p: np.ndarray) -> tuple:
         # how much of the prior's own ranking holds on this task: measured ~ a * prior, a = 1 + beta
