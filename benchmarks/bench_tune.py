@@ -227,6 +227,7 @@ def scoring_throughput(task: str, runs: list[dict], checkpoint: str | None, *, m
     from perfmodel.collect.collector import make_target
     from perfmodel.collect.database import Database
     from perfmodel.plugin import GNNCostModel
+    from perfmodel.tune import physical_cores
 
     ms = load_ms()
     mod = workloads.get_task(task).mod
@@ -245,11 +246,12 @@ def scoring_throughput(task: str, runs: list[dict], checkpoint: str | None, *, m
             results.append(ms.runner.RunnerResult(raw.run_secs if raw.ok else None, None if raw.ok else "failed"))
     if len(cands) < 8:
         return {"gnn": 0.0, "xgb": 0.0, "n": len(cands)}
-    xgb = ms.cost_model.XGBModel(num_warmup_samples=0, num_tuning_cores=_physical_cores())
+    xgb = ms.cost_model.XGBModel(num_warmup_samples=0, num_tuning_cores=physical_cores())
     xgb.update(ctx, cands, results)
     # no feature cache: the loop below scores the same candidates again, which a cache would turn into
     # lookups (the search hands in new schedules; only ~11% come back): featurize on every pass, as XGB does
-    gnn = GNNCostModel.from_checkpoint(checkpoint, frozen=True, threads=1, feature_cache=0)
+    gnn = GNNCostModel.from_checkpoint(checkpoint, frozen=True, threads=1, feature_cache=0,
+                                      featurize_workers=physical_cores())  # XGB's cores, as in tuning
     out: dict[str, float] = {"n": len(cands)}
     for name, model in (("gnn", gnn), ("xgb", xgb)):
         model.predict(ctx, cands[:8])  # warm-up
@@ -539,12 +541,6 @@ def _train_tasks() -> list[str]:
 
 def _fin(v: float) -> float | None:
     return float(v) if v is not None and math.isfinite(v) else None
-
-
-def _physical_cores() -> int:
-    import psutil
-
-    return int(psutil.cpu_count(logical=False) or 1)
 
 
 if __name__ == "__main__":

@@ -39,10 +39,14 @@ class Predictor:
         meta: the checkpoint's ``CKPT_KEY`` block (``checkpoint_meta``: model config,
             ``schema_version``, ``norm`` state, ``split``, ``target``...).
         device: where the model runs.
+        featurize_workers: cores that featurize schedules (``features``, ``predict_schedules``): more than
+            one forks that many workers per call (``perfmodel.featurize.features_many``).
     """
 
-    def __init__(self, *, model: nn.Module, meta: dict[str, Any], device: str | torch.device = "cpu") -> None:
+    def __init__(self, *, model: nn.Module, meta: dict[str, Any], device: str | torch.device = "cpu",
+                 featurize_workers: int = 1) -> None:
         self.model = model.to(device).eval()
+        self.featurize_workers = max(1, int(featurize_workers))
         self.meta = meta
         self.device = torch.device(device)
         self.norm = _load_norm(meta.get("norm"))
@@ -369,10 +373,10 @@ class Predictor:
 
     def features(self, schs: Sequence[Any]) -> list[Any]:
         """Schedules -> ``perfmodel.featurize.Features`` (``None`` for one the featurizer does not handle):
-        what ``predict_schedules`` featurizes."""
+        what ``predict_schedules`` featurizes, on ``featurize_workers`` cores."""
         from perfmodel.featurize import features_many
 
-        return features_many(schs, granularity=self.granularity, errors="none")
+        return features_many(schs, granularity=self.granularity, errors="none", workers=self.featurize_workers)
 
     def _features_isolated(self, schs: Sequence[Any]) -> list[Any]:
         try:
@@ -443,7 +447,8 @@ class Predictor:
 
     def copy(self) -> Predictor:
         """An independent copy (weights and optimizer state not shared)."""
-        return Predictor(model=copy.deepcopy(self.model), meta=copy.deepcopy(self.meta), device=self.device)
+        return Predictor(model=copy.deepcopy(self.model), meta=copy.deepcopy(self.meta), device=self.device,
+                         featurize_workers=self.featurize_workers)
 
 
 class FeatureCache:

@@ -80,8 +80,9 @@ def build_cost_model(cfg: Any) -> Any:
                                update_every=int(g.update_every), steps=int(g.steps), lr=float(g.lr),
                                threads=g.get("threads"), explore=float(g.get("explore") or 0.0),
                                online=str(g.online), ridge_alpha=float(g.ridge_alpha),
-                               gp_kappa=float(g.gp_kappa))
-    return make_cost_model(kind, num_tuning_cores=int(cfg.get("xgb_threads") or _physical_cores()))
+                               gp_kappa=float(g.gp_kappa),
+                               featurize_workers=int(g.get("featurize_workers") or physical_cores()))
+    return make_cost_model(kind, num_tuning_cores=int(cfg.get("xgb_threads") or physical_cores()))
 
 
 def tune(cfg: Any) -> dict[str, Any]:
@@ -207,7 +208,9 @@ def _print_summary(out: dict[str, Any]) -> None:
           f"({100 * (out['cost_model_share'] or 0):.1f}%: predict {s['predict_s']:.1f} s for {s['scored']} candidates "
           f"= {s['predict_per_s']:.0f}/s, update {s['update_s']:.1f} s)")
     if "gnn" in out:
-        print(f"GNN: {out['gnn']['fallback']} candidates got the fallback score, {out['gnn']['errors']} errors")
+        gn = out["gnn"]
+        print(f"GNN: {gn['fallback']} candidates got the fallback score, {gn['errors']} errors; "
+              f"{gn['featurized_by_workers']} featurized by forked workers ({gn['worker_failures']} worker failures)")
     g = out.get("guard") or {}
     if g.get("remeasured") or g.get("waited_s"):
         print(f"guard: {g['remeasured']} disturbed batches timed again ({g['remeasure_s']:.1f} s) and "
@@ -255,7 +258,7 @@ def _fin(v: float) -> float | None:
     return float(v) if math.isfinite(v) else None
 
 
-def _physical_cores() -> int:
+def physical_cores() -> int:
     try:
         import psutil
 

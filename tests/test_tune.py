@@ -12,6 +12,7 @@ import torch
 
 from perfmodel.cli import main
 from perfmodel.config import compose
+from perfmodel.tune import physical_cores
 
 torch.set_num_threads(1)  # tiny graphs on a shared 2-core machine: more threads only contend
 
@@ -92,6 +93,8 @@ def test_tune_a_task_from_the_cli(tmp_path: Path, ckpt: Path, capsys) -> None:
     assert len(curve) == 8 and all(a >= b for a, b in zip(curve, curve[1:]) if a is not None and b is not None)
     assert summary["cost_model"]["scored"] > 0 and summary["cost_model"]["update_calls"] >= 1
     assert summary["gnn"]["fallback"] == 0 and 0 < last["cost_model_share"] < 1
+    if physical_cores() > 1:  # the populations (64) were featurized on every core by forked workers
+        assert summary["gnn"]["featurized_by_workers"] > 0 and summary["gnn"]["worker_failures"] == 0
     assert summary["guard"] == {"remeasured": 0, "waited_s": 0.0, "remeasure_s": 0.0}  # guard off: never waits
     assert summary["gnn"]["corrections"] >= 1 and summary["gnn"]["fine_tune_steps"] == 0  # learned online, by ridge
     secs = summary["seconds"]  # when each trial was measured, from the tuning's start

@@ -89,7 +89,8 @@ class Features:
         edges: ``(src, dst, kind, buffer)`` of each edge (``buffer`` ``None`` for nesting edges), in
             networkx's edge order (by source node, then insertion).
         edge_x: edge features, float32 [E, len(EDGE_FEATURES)].
-        program: the walked program (node names are read from it only when a graph is built).
+        program: the walked program (node names are read from it only when a graph is built); ``None``
+            for features computed by forked workers (``features_many(workers=...)``).
         io_bytes: bytes of the function's arguments (inputs and outputs): the traffic no schedule
             avoids, the memory side of a roofline bound (FLOPs being the compute side).
     """
@@ -97,11 +98,14 @@ class Features:
     x: np.ndarray
     edges: list[tuple[int, int, str, str | None]]
     edge_x: np.ndarray
-    program: Program
+    program: Program | None
     io_bytes: float = 0.0
 
     def node_kinds_names(self) -> list[tuple[str, str]]:
         """``(kind, name)`` of every node, in node order."""
+        if self.program is None:
+            raise ValueError("these features were computed in a forked worker (features_many(workers>1)) and "
+                             "carry no program: node names need features_many(..., workers=1)")
         out = [("stage", st.name) for st in self.program.stages]
         if self.x.shape[0] > len(out):
             out.extend(("loop", lp.name) for lp in self.program.loops)
@@ -459,21 +463,43 @@ def featurize(sch: Any, *, granularity: str = "stage") -> Any:
     return _to_data(features(sch, granularity=granularity))
 
 
-def features_many(schs: Iterable[Any], *, granularity: str = "stage", errors: str = "raise") -> list[Features | None]:
+def features_many(schs: Iterable[Any], *, granularity: str = "stage", errors: str = "raise",
+                  workers: int = 1) -> list[Features | None]:
     """``features`` of many schedules; ``errors="none"``: a schedule that fails gives ``None`` in its place.
 
-    The cyclic garbage collector is paused meanwhile (``paused_gc``).
+    The cyclic garbage collector is paused meanwhile (``paused_gc``). ``workers`` > 1: the schedules are
+    featurized on that many cores by forked children (``perfmodel.featurize.forked.forked_map``; below
+    32 schedules per worker, here): the same features, but without their ``program`` (``None``: the
+    walked program holds TVM objects that do not cross processes), so such results serve scoring
+    (``features_to_batch``, ``graph_to_data``), not ``stage_graph``'s node names.
     """
-    out: list[Features | None] = []
+    schs = list(schs)
+    if workers > 1:
+        from perfmodel.featurize.forked import forked_map
+
+        with paused_gc():
+            return forked_map(lambda part: _light(_features_list(part, granularity, errors)), schs, workers=workers)
     with paused_gc():
-        for s in schs:
-            try:
-                out.append(features(s, granularity=granularity))
-            except FeaturizeError:
-                if errors == "raise":
-                    raise
-                out.append(None)
+        return _features_list(schs, granularity, errors)
+
+
+def _features_list(schs: Sequence[Any], granularity: str, errors: str) -> list[Features | None]:
+    out: list[Features | None] = []
+    for s in schs:
+        try:
+            out.append(features(s, granularity=granularity))
+        except FeaturizeError:
+            if errors == "raise":
+                raise
+            out.append(None)
     return out
+
+
+def _light(feats: list[Features | None]) -> list[Features | None]:
+    for f in feats:
+        if f is not None:
+            f.program = None
+    return feats
 
 
 @contextlib.contextmanager

@@ -13,6 +13,7 @@ from tvm.ir.utils import derived_object
 from perfmodel._tvm import load_ms
 from perfmodel.collect.database import FAILED
 from perfmodel.collect.measure import label_secs
+from perfmodel.featurize.forked import STATS as FORKS
 from perfmodel.predictor import (DEFAULT_CHECKPOINT, FeatureCache, GPCorrection, MeasuredBuffer, OnlineCorrection, Predictor, flops_of,
                                  load_predictor)
 from perfmodel.plugin.timed import CostModelStats, TimedCostModel
@@ -62,6 +63,10 @@ class GNNCostModel(ms.cost_model.PyCostModel):
         history: keep at most this many measured candidates (the newest) for fine-tuning.
         batch_size: graphs per inference batch.
         threads: torch CPU threads (``None``: leave torch's setting).
+        featurize_workers: cores that featurize a population (forked workers, see
+            ``perfmodel.featurize.features_many``); ``tune`` gives it the physical cores, as TVM's XGB
+            model gets them for its feature extraction (the search waits for the scores: the
+            builder and runner are idle meanwhile).
         feature_cache: schedules whose features are kept for when the search hands them in again
             (two populations of TVM's default 512; about 125 KB each with their schedule; 0: none).
         explore: exploration from doubt: score ``mean - explore * std`` of the ensemble members'
@@ -73,7 +78,8 @@ class GNNCostModel(ms.cost_model.PyCostModel):
                  frozen: bool = False, update_every: int = 1, steps: int = 20, lr: float = 1e-4,
                  history: int = 4096, batch_size: int = 1024, threads: int | None = None,
                  feature_cache: int = 1024, explore: float = 0.0, online: str = "ridge",
-                 ridge_alpha: float | None = None, gp_kappa: float | None = None) -> None:
+                 ridge_alpha: float | None = None, gp_kappa: float | None = None,
+                 featurize_workers: int = 1) -> None:
         super().__init__()
         if online not in ("ridge", "gp", "finetune"):
             raise ValueError(f"GNNCostModel: online must be 'ridge', 'gp' or 'finetune' (got {online!r})")
@@ -92,11 +98,13 @@ class GNNCostModel(ms.cost_model.PyCostModel):
         self.buffer = MeasuredBuffer(history=history)
         self.features = FeatureCache(size=feature_cache)
         self.path: str | None = None
+        self.featurize_workers = max(1, int(featurize_workers))
         self.predictor: Predictor
         if predictor is None:
             self.load(str(path or DEFAULT_CHECKPOINT))
         else:
             self.predictor = predictor
+            predictor.featurize_workers = self.featurize_workers
         self._tasks: dict[int, dict[str, Any]] = {}  # workload hash -> flops, ref, id, target (mismatch)
         self._updates = 0
 
@@ -113,6 +121,7 @@ class GNNCostModel(ms.cost_model.PyCostModel):
     def load(self, path: str) -> None:
         """Loads a checkpoint (of ``train`` or ``save``); checks that it fits the featurizer."""
         self.predictor = load_predictor(path)
+        self.predictor.featurize_workers = self.featurize_workers
         self.path = str(path)
         self.correction = self._new_correction()
         state = self.predictor.meta.pop(CORRECTION_KEY, None)  # written by ``save`` after a search
@@ -137,9 +146,12 @@ class GNNCostModel(ms.cost_model.PyCostModel):
                 log.warning("GNNCostModel: %s", task["mismatch"])
             self.stats.target_mismatch += 1
         cache = self.features if self.features.size else None
+        before = (FORKS.child_items, FORKS.redone)
         log_t = self.predictor.predict_schedules([c.sch for c in candidates], flops=task["flops"],
                                                  batch_size=self.batch_size, cache=cache, explore=self.explore,
                                                  target=task["target"], correction=self.correction.bound(task["key"]))
+        self.stats.featurized_by_workers += FORKS.child_items - before[0]
+        self.stats.worker_failures += FORKS.redone - before[1]
         with np.errstate(invalid="ignore"):
             return np.where(np.isfinite(log_t), np.exp(np.clip(task["ref"] - log_t, -_MAX_EXP, _MAX_EXP)), np.nan)
 

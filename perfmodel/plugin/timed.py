@@ -32,6 +32,9 @@ class CostModelStats:
         target_mismatch: ``predict`` calls for another target than the checkpoint's (GNN only).
         fallback: candidates that got the fallback score (not scored, NaN, or the model raised).
         errors: calls in which the model raised and the guard took over.
+        featurized_by_workers: candidates featurized by forked workers (GNN with ``featurize_workers`` > 1).
+        worker_failures: forked workers that failed, died or ran late; their candidates were featurized
+            in the tuning process instead (GNN only).
     """
 
     predict_calls: int = 0
@@ -45,6 +48,8 @@ class CostModelStats:
     target_mismatch: int = 0
     fallback: int = 0
     errors: int = 0
+    featurized_by_workers: int = 0
+    worker_failures: int = 0
 
     @property
     def model_s(self) -> float:

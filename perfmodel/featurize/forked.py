@@ -1,0 +1,145 @@
+"""Map a function over a list on several cores by forking: the children inherit the (TVM) objects, no copy."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import select
+import struct
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+MIN_PER_WORKER = 32  # fewer items per worker: forking (~10-40 ms in a process holding TVM and torch) does not pay
+
+
+@dataclass
+class ForkStats:
+    """What the forked maps of a process did: calls that forked, items done in children, slices redone here."""
+
+    forked_calls: int = 0
+    child_items: int = 0
+    redone: int = 0
+    reasons: list[str] = field(default_factory=list)  # the first few reasons a slice was redone
+
+
+STATS = ForkStats()
+
+
+def forked_map(fn: Callable[[Sequence[Any]], list[Any]], items: Sequence[Any], *, workers: int,
+               timeout_s: float = 10.0, min_per_worker: int = MIN_PER_WORKER, chunk: int = 16) -> list[Any]:
+    """``fn(items)``, computed by this process and ``workers - 1`` forked children together; the
+    results in the order of ``items``.
+
+    The children are forked *after* ``items`` exist, so they read the caller's objects (TVM schedules)
+    in place: nothing is serialized on the way in. All processes take chunks of ``chunk`` items from
+    one queue (a pipe of chunk numbers) until it is empty, so a core that runs slower (a busy
+    neighbour on a shared host) simply does fewer chunks; each child pickles its chunks' results back
+    through a pipe and leaves with ``os._exit`` (no atexit handler, no destructor of the parent's pools
+    runs in it). ``fn`` must be a pure function of its slice whose results pickle; it runs in the
+    children without the threads of the parent (do not call into thread pools or torch from it).
+
+    A child that fails, dies or is not done ``timeout_s`` (at least 3x the parent's own time) after
+    the parent found the queue empty is killed, and the chunks it did not hand back are computed here
+    (counted in ``STATS.redone``): the result is the same, only slower. Without ``os.fork``, with
+    ``workers`` <= 1 or fewer than ``min_per_worker`` items per worker this is just ``fn(items)``.
+    """
+    n = len(items)
+    workers = min(int(workers), n // max(1, min_per_worker)) if n else 0
+    if workers <= 1 or not hasattr(os, "fork"):
+        return fn(items)
+    chunk = max(1, int(chunk))
+    n_chunks = -(-n // chunk)
+    qr, qw = os.pipe()  # the queue: every chunk number, written before anyone starts
+    os.write(qw, b"".join(struct.pack("<i", c) for c in range(n_chunks)))  # <= 4 bytes x n/chunk: fits the pipe
+    os.close(qw)
+    os.set_blocking(qr, False)
+
+    def work() -> dict[int, list[Any]]:
+        done: dict[int, list[Any]] = {}
+        while True:
+            try:
+                b = os.read(qr, 4)  # one read of a pipe is atomic: each chunk goes to one process
+            except BlockingIOError:
+                b = b""
+            if len(b) < 4:
+                return done
+            c = struct.unpack("<i", b)[0]
+            done[c] = _checked(fn(items[c * chunk:(c + 1) * chunk]), len(range(c * chunk, min(n, (c + 1) * chunk))))
+
+    children: list[tuple[int, int]] = []  # (pid, read end of its result pipe)
+    try:
+        for _ in range(1, workers):
+            r, w = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # the child: take chunks, send their results, leave without cleanup
+                code = 1
+                try:
+                    os.close(r)
+                    data = pickle.dumps(work(), protocol=pickle.HIGHEST_PROTOCOL)
+                    with os.fdopen(w, "wb") as fh:
+                        fh.write(data)
+                    code = 0
+                finally:
+                    os._exit(code)
+            os.close(w)
+            children.append((pid, r))
+        STATS.forked_calls += 1
+        t0 = time.monotonic()
+        done = work()
+    except BaseException:  # the parent's own share failed: leave no child behind
+        for pid, r in children:
+            os.kill(pid, 9)
+            os.close(r)
+            os.waitpid(pid, 0)
+        raise
+    finally:
+        os.close(qr)
+    deadline = time.monotonic() + max(float(timeout_s), 3.0 * (time.monotonic() - t0))
+    for pid, r in children:
+        try:
+            got = _receive(r, pid, deadline)
+            if not isinstance(got, dict):
+                raise ValueError(f"forked_map: a child sent {type(got).__name__}")
+            STATS.child_items += sum(len(v) for v in got.values())
+            done.update(got)
+        except Exception as e:  # noqa: BLE001  a failed, dead or late child: its chunks are redone below
+            STATS.redone += 1
+            if len(STATS.reasons) < 8:
+                STATS.reasons.append(f"{type(e).__name__}: {e}".splitlines()[0][:200])
+    out: list[Any] = []
+    for c in range(n_chunks):
+        part = done.get(c)
+        if part is None:
+            part = _checked(fn(items[c * chunk:(c + 1) * chunk]), len(range(c * chunk, min(n, (c + 1) * chunk))))
+        out.extend(part)
+    return out
+
+
+def _receive(r: int, pid: int, deadline: float) -> Any:
+    """The child's pickled result from pipe ``r``; reaps the child; raises on failure or past ``deadline``."""
+    chunks = []
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([r], [], [], left)[0]:
+                os.kill(pid, 9)
+                raise TimeoutError(f"featurizing child {pid} not done in time")
+            b = os.read(r, 1 << 20)
+            if not b:
+                break
+            chunks.append(b)
+    finally:
+        os.close(r)
+        _, status = os.waitpid(pid, 0)
+    if not os.WIFEXITED(status) or os.WEXITSTATUS(status) != 0:
+        raise ChildProcessError(f"featurizing child {pid} failed (wait status {status})")
+    return pickle.loads(b"".join(chunks))
+
+
+def _checked(res: Any, size: int) -> list[Any]:
+    if not isinstance(res, list) or len(res) != size:
+        raise ValueError(f"forked_map: the function returned {type(res).__name__} of "
+                         f"{len(res) if hasattr(res, '__len__') else '?'} items for a slice of {size}")
+    return res
