@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import resource
 import time
 import warnings
 from typing import Any
@@ -196,8 +196,8 @@ def scoring(batches: list[tuple[str, Any, list[Any]]], target: Any, args: argpar
         xgb.predict(ctx, cands[:8])
 
     def cpu() -> float:  # this process and its reaped children (the GNN's featurizing workers)
-        t = os.times()
-        return t.user + t.system + t.children_user + t.children_system
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return time.process_time() + ru.ru_utime + ru.ru_stime
 
     def timed(fn: Any) -> tuple[float, float, Any]:
         t, c = time.perf_counter(), cpu()
