@@ -121,7 +121,8 @@ def tune(cfg: Any) -> dict[str, Any]:
     work_dir = Path(cfg.work_dir or REPO / "runs" / "tune" / f"{label.replace('/', '__')}-{cfg.cost_model}-{cfg.trials}")
     work_dir.mkdir(parents=True, exist_ok=True)
     target = make_target(cfg.target if isinstance(cfg.target, str) else dict(cfg.target), int(cfg.threads))
-    ctxs = make_contexts(tasks, target=target, work_dir=work_dir, seed=int(cfg.seed), population=int(cfg.population))
+    ctxs = make_contexts(tasks, target=target, work_dir=work_dir, seed=int(cfg.seed), population=int(cfg.population),
+                         num_threads=int(cfg.get("search_threads") or physical_cores()))
     print(f"tuning {label} ({len(tasks)} task{'s' if len(tasks) > 1 else ''}) with cost model {cfg.cost_model}, "
           f"{cfg.trials} trials -> {work_dir}", flush=True)
     note = budget_note(len(tasks), int(cfg.trials), int(cfg.trials_per_iter), cfg.get("max_trials_per_task"))

@@ -107,6 +107,21 @@ def test_tune_a_task_from_the_cli(tmp_path: Path, ckpt: Path, capsys) -> None:
     assert "already holds 8 records" in out and json.loads(out.strip().splitlines()[-1])["trials"] == 4
 
 
+def test_one_search_thread_makes_the_seed_fix_the_schedules(tmp_path: Path, ckpt: Path) -> None:
+    from perfmodel.tune import tune
+
+    def traces(wd: Path) -> list[str]:
+        return [json.dumps(json.loads(line)[1][0]) for line in (wd / "database_tuning_record.json").open()]
+
+    runs = []
+    for i in (1, 2):
+        wd = tmp_path / f"run{i}"
+        tune(_small(wd, ckpt, "task=GMM-0", "cost_model=gnn", "gnn.frozen=true", "trials=4", "search_threads=1",
+                    "seed=3", "plot=false"))
+        runs.append(traces(wd))
+    assert len(runs[0]) == 4 and runs[0] == runs[1]  # the same schedules, in the same order
+
+
 @pytest.mark.slow
 def test_tune_a_small_network(tmp_path: Path, ckpt: Path) -> None:
     from perfmodel.tune import resolve_tasks, tune
