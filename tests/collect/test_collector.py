@@ -140,7 +140,7 @@ def test_rpc_runner_on_loopback(tmp_path: Path) -> None:
     env = dict(os.environ, TVM_NUM_THREADS="1")
     tracker = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port",
                                 str(port), "--port-end", str(port + 1)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, env=env)
+                               stderr=subprocess.DEVNULL, env=env, start_new_session=True)
     server = None
     try:
         time.sleep(2)
@@ -148,7 +148,8 @@ def test_rpc_runner_on_loopback(tmp_path: Path) -> None:
         server = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_server", "--tracker", f"127.0.0.1:{port}",
                                    "--key", "loop", "--host", "127.0.0.1", "--port", str(sport),
                                    "--port-end", str(sport + 1)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                                  start_new_session=True)
         from tvm import rpc
 
         deadline = time.time() + 60  # wait until the server has registered with the tracker
@@ -166,11 +167,29 @@ def test_rpc_runner_on_loopback(tmp_path: Path) -> None:
         assert out["GMM-0"] == {"records": 4, "valid": 4, "failed": 0}
         db = Database.open(tmp_path / "rpc")
         assert all(len(r.run_secs) == 3 and 0 < min(r.run_secs) < 1 for r in db.records)
-    finally:
+    finally:  # each runs in a TVM PopenWorker of its own: kill the whole session, or those outlive the test
         for p in (server, tracker):
             if p is not None:
-                p.kill()
+                os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
+        deadline = time.time() + 10
+        while time.time() < deadline and _in_session(tracker.pid) + _in_session(server.pid if server else -1):
+            time.sleep(0.2)
+        assert not _in_session(tracker.pid) + _in_session(server.pid if server else -1), "RPC processes left behind"
+
+
+def _in_session(sid: int) -> list[int]:
+    """Live processes (not zombies) of session ``sid``."""
+    import psutil
+
+    out = []
+    for q in psutil.process_iter(["pid", "status"]):
+        try:
+            if q.info["status"] != psutil.STATUS_ZOMBIE and os.getsid(q.info["pid"]) == sid:
+                out.append(q.info["pid"])
+        except (ProcessLookupError, PermissionError, psutil.Error):
+            continue
+    return out
 
 
 def test_collect_config_defaults_are_the_yaml_defaults() -> None:
