@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import select
@@ -12,15 +13,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 MIN_PER_WORKER = 32  # fewer items per worker: forking (~10-40 ms in a process holding TVM and torch) does not pay
+MAX_FAILED_IN_A_ROW = 3  # calls in a row with a failed child: then this process stops forking (see forked_map)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class ForkStats:
-    """What the forked maps of a process did: calls that forked, items done in children, slices redone here."""
+    """What the forked maps of a process did: calls that forked, items done in children, children that
+    failed (their chunks redone here), failed calls in a row, and whether forking was given up."""
 
     forked_calls: int = 0
     child_items: int = 0
     redone: int = 0
+    failed_in_a_row: int = 0
+    given_up: bool = False
     reasons: list[str] = field(default_factory=list)  # the first few reasons a slice was redone
 
 
@@ -42,12 +49,15 @@ def forked_map(fn: Callable[[Sequence[Any]], list[Any]], items: Sequence[Any], *
 
     A child that fails, dies or is not done ``timeout_s`` (at least 3x the parent's own time) after
     the parent found the queue empty is killed, and the chunks it did not hand back are computed here
-    (counted in ``STATS.redone``): the result is the same, only slower. Without ``os.fork``, with
-    ``workers`` <= 1 or fewer than ``min_per_worker`` items per worker this is just ``fn(items)``.
+    (counted in ``STATS.redone``): the result is the same, only slower. After ``MAX_FAILED_IN_A_ROW``
+    calls in a row with a failed child (a child that cannot work here, e.g. a lock some other thread
+    held when it was forked) the process gives forking up, with one warning (``STATS.given_up``). Without
+    ``os.fork``, with ``workers`` <= 1, fewer than ``min_per_worker`` items per worker or forking given
+    up, this is just ``fn(items)``.
     """
     n = len(items)
     workers = min(int(workers), n // max(1, min_per_worker)) if n else 0
-    if workers <= 1 or not hasattr(os, "fork"):
+    if workers <= 1 or STATS.given_up or not hasattr(os, "fork"):
         return fn(items)
     chunk = max(1, int(chunk))
     n_chunks = -(-n // chunk)
@@ -97,6 +107,7 @@ def forked_map(fn: Callable[[Sequence[Any]], list[Any]], items: Sequence[Any], *
     finally:
         os.close(qr)
     deadline = time.monotonic() + max(float(timeout_s), 3.0 * (time.monotonic() - t0))
+    failed = False
     for pid, r in children:
         try:
             got = _receive(r, pid, deadline)
@@ -105,9 +116,15 @@ def forked_map(fn: Callable[[Sequence[Any]], list[Any]], items: Sequence[Any], *
             STATS.child_items += sum(len(v) for v in got.values())
             done.update(got)
         except Exception as e:  # noqa: BLE001  a failed, dead or late child: its chunks are redone below
+            failed = True
             STATS.redone += 1
             if len(STATS.reasons) < 8:
                 STATS.reasons.append(f"{type(e).__name__}: {e}".splitlines()[0][:200])
+    STATS.failed_in_a_row = STATS.failed_in_a_row + 1 if failed else 0
+    if STATS.failed_in_a_row >= MAX_FAILED_IN_A_ROW and not STATS.given_up:
+        STATS.given_up = True
+        log.warning("featurizing workers failed in %d calls in a row (last: %s); featurizing in this process "
+                    "only from now on", STATS.failed_in_a_row, STATS.reasons[-1] if STATS.reasons else "?")
     out: list[Any] = []
     for c in range(n_chunks):
         part = done.get(c)

@@ -23,10 +23,13 @@ def _square_with_pid(part):
 
 @pytest.fixture(autouse=True)
 def _children_before():
-    """The test process's children before each test (other tests' pools may hold some)."""
+    """The test process's children before each test (other tests' pools may hold some); each test
+    starts with forking not given up."""
     global _BEFORE
     _BEFORE = {p.pid for p in psutil.Process().children(recursive=True)}
+    STATS.failed_in_a_row, STATS.given_up = 0, False
     yield
+    STATS.failed_in_a_row, STATS.given_up = 0, False
 
 
 _BEFORE: set[int] = set()
@@ -82,6 +85,21 @@ def test_a_failed_dead_or_hung_child_costs_time_not_results(fn) -> None:
     assert [v for v, _ in out] == [x * x for x in items]
     assert {p for _, p in out} == {PARENT}  # every chunk the child took was redone here
     assert STATS.redone == redone + 1 and STATS.reasons
+    assert _no_children_left()
+
+
+def test_a_process_whose_children_keep_failing_stops_forking(caplog) -> None:
+    from perfmodel.featurize.forked import MAX_FAILED_IN_A_ROW
+
+    items = list(range(100))
+    for i in range(MAX_FAILED_IN_A_ROW):
+        assert not STATS.given_up
+        out = forked_map(_fails_in_child, items, workers=2, min_per_worker=8, chunk=5)
+        assert [v for v, _ in out] == [x * x for x in items]
+    assert STATS.given_up and "in this process only" in caplog.text
+    calls = STATS.forked_calls
+    out = forked_map(_square_with_pid, items, workers=2, min_per_worker=8, chunk=5)
+    assert STATS.forked_calls == calls and {p for _, p in out} == {PARENT}  # no fork any more
     assert _no_children_left()
 
 
