@@ -36,9 +36,11 @@ that ``--models`` may add beside ``gnn`` (each its own runs and comparison with 
 ``gnn-explore`` (``gnn.explore=--explore``, prefix ``explore``) and ``gnn-gp`` (``gnn.online=gp``,
 prefix ``gp``).
 
-A search "seed" does not pin MetaSchedule's evolutionary search (it samples on a thread pool): two
-runs with one seed and one model draw different candidates from the first round on, so seeds are
-independent replicates, not paired runs (RESULTS.md).
+A search "seed" pins MetaSchedule's evolutionary search only on one search thread
+(``--override search_threads=1``, ~+10 s per round); with the default (the physical cores) two runs
+with one seed and one model draw different candidates from the first round on, so seeds are
+independent replicates, not paired runs (RESULTS.md). ``--override`` enters every run's settings, which
+the resume check compares: use a fresh ``--out`` for it.
 
     python benchmarks/bench_tune.py [--quick] [--tasks A,B] [--models gnn,gnn-explore,gnn-gp,xgb,random] [--trials N]
         [--seeds 1,2] [--network bert_layer|resnet18|none]

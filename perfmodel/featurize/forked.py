@@ -66,6 +66,10 @@ def forked_map(fn: Callable[[Sequence[Any]], list[Any]], items: Sequence[Any], *
     os.close(qw)
     os.set_blocking(qr, False)
 
+    def one(c: int) -> list[Any]:  # chunk c's results
+        part = items[c * chunk:(c + 1) * chunk]
+        return _checked(fn(part), len(part))
+
     def work() -> dict[int, list[Any]]:
         done: dict[int, list[Any]] = {}
         while True:
@@ -76,7 +80,7 @@ def forked_map(fn: Callable[[Sequence[Any]], list[Any]], items: Sequence[Any], *
             if len(b) < 4:
                 return done
             c = struct.unpack("<i", b)[0]
-            done[c] = _checked(fn(items[c * chunk:(c + 1) * chunk]), len(range(c * chunk, min(n, (c + 1) * chunk))))
+            done[c] = one(c)
 
     children: list[tuple[int, int]] = []  # (pid, read end of its result pipe)
     try:
@@ -127,10 +131,7 @@ def forked_map(fn: Callable[[Sequence[Any]], list[Any]], items: Sequence[Any], *
                     "only from now on", STATS.failed_in_a_row, STATS.reasons[-1] if STATS.reasons else "?")
     out: list[Any] = []
     for c in range(n_chunks):
-        part = done.get(c)
-        if part is None:
-            part = _checked(fn(items[c * chunk:(c + 1) * chunk]), len(range(c * chunk, min(n, (c + 1) * chunk))))
-        out.extend(part)
+        out.extend(done[c] if c in done else one(c))
     return out
 
 
