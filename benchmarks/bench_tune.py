@@ -22,7 +22,9 @@ MetaSchedule database and logs) and, once finished, writes ``summary.json`` ther
 summary) is started clean on the next start: its directory is removed and the run redone from
 scratch, since a search continued from a half database would have neither its own curve nor its
 own clock. So a killed benchmark is restarted with the same command and loses at most the run in
-progress.
+progress. A finished run tuned for another target (``mcpu``, threads: the machine under this
+session may change between sessions) stops the benchmark with one line: kernels of two CPUs are
+never compared; give each machine its own ``--out``.
 
 Last line: JSON with ``trials_saved_vs_xgb`` (median over tasks and seeds of the trials XGB took to
 reach its final best / the trials the GNN took to reach it; the GNN's whole budget when it never
@@ -117,7 +119,11 @@ def run_one(wd: Path, overrides: list[str]) -> dict[str, Any]:
         if done.get("overrides") != overrides:
             raise SystemExit(f"{wd} was tuned with other settings ({done.get('overrides')}, now {overrides}): "
                              "restart with the same flags, or use another --out")
-        return {**done, "resumed": True}
+        have, want = run_target(wd, done), tune_target(overrides)
+        if have is not None and not _same_target(have, want):
+            raise SystemExit(f"{wd} was tuned for {_describe(have)}, this machine tunes for {_describe(want)}: "
+                             "runs of two targets are never compared; use another --out")
+        return {**done, "target": have or want, "resumed": True}
     if wd.exists():
         print(f"  {wd}: an unfinished run (no {SUMMARY}): starting it clean", flush=True)
         shutil.rmtree(wd)
@@ -131,6 +137,42 @@ def run_one(wd: Path, overrides: list[str]) -> dict[str, Any]:
     tmp.write_text(json.dumps(out, indent=1))
     os.replace(tmp, summary)
     return {**out, "resumed": False}
+
+
+def tune_target(overrides: list[str]) -> dict[str, Any]:
+    """``{kind, mcpu, threads}`` that ``perfmodel tune`` with ``overrides`` tunes for on this machine."""
+    from perfmodel.collect.collector import make_target
+    from perfmodel.config import compose
+    from perfmodel.workloads import target_summary
+
+    cfg = compose("tune", overrides)
+    return target_summary(make_target(cfg.target if isinstance(cfg.target, str) else dict(cfg.target), int(cfg.threads)))
+
+
+def run_target(wd: Path, done: dict) -> dict[str, Any] | None:
+    """The target a finished run was tuned for: its summary's, else its database's first record's
+    (runs from before the summary recorded it); ``None`` when neither says."""
+    if done.get("target"):
+        return done["target"]
+    from perfmodel.workloads import target_summary
+
+    path = wd / "database_tuning_record.json"
+    try:
+        with path.open() as f:
+            for line in f:
+                if line.strip():
+                    return target_summary(json.loads(line)[1][2])
+    except (OSError, ValueError, IndexError, TypeError, KeyError):
+        return None
+    return None
+
+
+def _same_target(a: dict, b: dict) -> bool:
+    return all(a.get(k) == b.get(k) for k in ("kind", "mcpu", "threads"))
+
+
+def _describe(t: dict) -> str:
+    return f"{t.get('kind')}/{t.get('mcpu')}/{t.get('threads')} thread(s)"
 
 
 def curve_of(run: dict) -> list[float]:
@@ -412,6 +454,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "budgets": budgets(args.trials), "trials": args.trials, "seeds": seeds, "quick": args.quick,
         "population": args.population, "trials_per_iter": args.per_iter, "frozen": args.frozen,
         "checkpoint": str(args.checkpoint or DEFAULT_CHECKPOINT), "out": str(out_dir),
+        "target": tune_target(common),
         "minutes": round((time.perf_counter() - t_start) / 60, 1),
         "network": net_rep, "tasks": per_task,
     }

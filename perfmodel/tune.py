@@ -97,7 +97,7 @@ def tune(cfg: Any) -> dict[str, Any]:
         ``seconds`` (seconds since the tuning started at which each trial was measured), ``trials``,
         ``untuned_tasks`` (no valid record), ``tune_s``, ``cost_model`` (its counters, e.g.
         ``predict_s``, ``predict_per_s``), ``cost_model_share`` (seconds inside predict + update /
-        tuning seconds), ``work_dir``, ``plot``. A network run adds ``estimate_ms`` (weighted sum of
+        tuning seconds), ``work_dir``, ``plot``, ``target`` (``{kind, mcpu, threads}`` tuned for). A network run adds ``estimate_ms`` (weighted sum of
         the tuned tasks' bests) and, measured end to end (:func:`perfmodel.plugin.network.measure_network`),
         ``network_latency_ms``, ``untuned_latency_ms``, ``torch_eager_ms`` and their details (or
         ``network_error``).
@@ -110,6 +110,7 @@ def tune(cfg: Any) -> dict[str, Any]:
 
     from perfmodel._tvm import load_ms
     from perfmodel.collect.collector import make_target
+    from perfmodel.workloads import target_summary
     from perfmodel.collect.measure import Guard, Protocol
     from perfmodel.collect.runner import ProtocolRunner
     from perfmodel.plugin.search import best_curve, make_builder, make_contexts, plot_curves, tuning_callbacks
@@ -159,7 +160,7 @@ def tune(cfg: Any) -> dict[str, Any]:
         "seconds": seconds, "untuned_tasks": [k for k, v in best.items() if not math.isfinite(v)],
         "tune_s": round(tune_s, 2), "cost_model": stats.as_dict(),
         "cost_model_share": round(stats.model_s / tune_s, 4) if tune_s > 0 else None,
-        "work_dir": str(work_dir), "plot": None,
+        "work_dir": str(work_dir), "plot": None, "target": target_summary(target),
         # the busy-machine guard's part of tune_s: waiting for quiet, and timing batches it then threw away
         "guard": {"remeasured": runner.measurer.remeasured, "waited_s": round(runner.measurer.waited_s, 1),
                   "remeasure_s": round(runner.measurer.remeasure_s, 1)},

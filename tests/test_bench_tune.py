@@ -72,6 +72,24 @@ def test_a_finished_run_is_read_back_only_with_the_same_settings(bench, tmp_path
         bench.run_one(wd, ["trials=2"])
 
 
+def test_a_finished_run_of_another_target_is_never_read_back(bench, tmp_path: Path) -> None:
+    here = bench.tune_target(["trials=1"])
+    assert here["kind"] == "llvm" and here["threads"] == 1 and here["mcpu"] not in (None, "generic")
+    other = {**here, "mcpu": "znver3" if here["mcpu"] != "znver3" else "skylake-avx512"}
+    wd = bench.run_dir(tmp_path, "GMM-0", "xgb", 1)
+    wd.mkdir(parents=True)
+    # an older summary without "target": its database's records say which target it was tuned for
+    (wd / "summary.json").write_text(json.dumps({**_run([2.0], [5.0]), "overrides": ["trials=1"]}))
+    (wd / "database_tuning_record.json").write_text(
+        json.dumps([0, [[], [], {"kind": "llvm", "mcpu": other["mcpu"], "num-cores": 1, "keys": ["cpu"]}]]) + "\n")
+    assert bench.run_target(wd, {}) == other
+    with pytest.raises(SystemExit, match=f"tuned for llvm/{other['mcpu']}/1 thread.*this machine tunes for llvm/{here['mcpu']}"):
+        bench.run_one(wd, ["trials=1"])
+    # the summary's own record of the target wins over the database's
+    (wd / "summary.json").write_text(json.dumps({**_run([2.0], [5.0]), "overrides": ["trials=1"], "target": here}))
+    assert bench.run_one(wd, ["trials=1"])["target"] == here
+
+
 @pytest.mark.slow
 def test_resume_skips_done_runs_and_redoes_unfinished_ones(bench, tmp_path: Path, capsys) -> None:
     from perfmodel.collect.database import Database
@@ -96,6 +114,7 @@ def test_resume_skips_done_runs_and_redoes_unfinished_ones(bench, tmp_path: Path
     gnn_dir, xgb_dir = tmp_path / "GMM-0" / "gnn-s1", tmp_path / "GMM-0" / "xgb-s1"
     summary = json.loads((gnn_dir / "summary.json").read_text())
     assert len(summary["seconds"]) == len(summary["curve"]) == 4
+    assert summary["target"] == res["target"] == bench.tune_target(["trials=4"])  # what it was tuned for
     xgb_records = (xgb_dir / "database_tuning_record.json").read_text()
 
     # the GNN run "killed" before its summary: its half database stays; the XGB run is done
