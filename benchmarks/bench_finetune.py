@@ -12,7 +12,8 @@ measured times; also the seconds each policy spent in ``update`` (featurizing + 
 
 Policies: ``frozen`` (``gnn.frozen=true``), ``ridge`` (``gnn.online=ridge``, the default of
 ``perfmodel tune``: a per-task ridge correction on the network's embeddings, refitted every round),
-``gp`` (``gnn.online=gp``: a Gaussian process on the same embeddings; judged by its posterior mean),
+``ridge<alpha>`` (the same with ``gnn.ridge_alpha=<alpha>``, e.g. ``ridge10``: trusts the
+task's measurements sooner), ``gp`` (``gnn.online=gp``: a Gaussian process on the same embeddings; judged by its posterior mean),
 ``every<k>`` (``gnn.online=finetune``: fine-tune the network after every k-th round,
 ``gnn.update_every=k``), ``xgb`` (TVM's XGBModel
 trained on the rounds so far, what the GNN competes with: scores at random until 100 measurements).
@@ -46,21 +47,43 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_RUNS = [REPO / "benchmarks" / "tune_full" / "runs"]
 
 
+POLICY_HELP = "use frozen, ridge, ridge<alpha> (e.g. ridge10), gp, every<k> (e.g. every1, every4) or xgb"
+
+
+def parse_policy(name: str) -> tuple[str, float | None] | None:
+    """(kind, its number) of a policy name -- ``("ridge", 10.0)`` for ``ridge10``, ``("every", 4)`` for
+    ``every4``, ``("frozen", None)`` -- or ``None`` for a name that is no policy."""
+    if name in ("frozen", "ridge", "gp", "xgb"):
+        return name, None
+    for kind in ("ridge", "every"):
+        rest = name[len(kind):]
+        if name.startswith(kind) and rest:
+            try:
+                v = float(rest) if kind == "ridge" else int(rest)
+            except ValueError:
+                return None
+            return (kind, v) if v > 0 else None
+    return None
+
+
 def policy_model(name: str, checkpoint: str | None) -> Any:
     """The timed plugin cost model of a policy name (see the module docstring)."""
     from perfmodel.plugin import make_cost_model
 
-    if name == "frozen":
+    spec = parse_policy(name)
+    if spec is None:
+        raise SystemExit(f"unknown policy {name!r}: {POLICY_HELP}")
+    kind, v = spec
+    if kind == "frozen":
         return make_cost_model("gnn", checkpoint=checkpoint, frozen=True, threads=1)
-    if name == "ridge":
-        return make_cost_model("gnn", checkpoint=checkpoint, online="ridge", threads=1)
-    if name == "gp":  # its posterior mean: the ranking it learned (its optimism is for the search, not judged here)
+    if kind == "ridge":
+        return make_cost_model("gnn", checkpoint=checkpoint, online="ridge", threads=1,
+                               **({} if v is None else {"ridge_alpha": v}))
+    if kind == "gp":  # its posterior mean: the ranking it learned (its optimism is for the search, not judged here)
         return make_cost_model("gnn", checkpoint=checkpoint, online="gp", gp_kappa=0.0, threads=1)
-    if name.startswith("every") and name[5:].isdigit():
-        return make_cost_model("gnn", checkpoint=checkpoint, online="finetune", update_every=int(name[5:]), threads=1)
-    if name == "xgb":
-        return make_cost_model("xgb", num_tuning_cores=1)
-    raise SystemExit(f"unknown policy {name!r}: use frozen, ridge, gp, every<k> (e.g. every1, every4) or xgb")
+    if kind == "every":
+        return make_cost_model("gnn", checkpoint=checkpoint, online="finetune", update_every=int(v), threads=1)
+    return make_cost_model("xgb", num_tuning_cores=1)
 
 
 def replay(task: Any, policies: list[str], per_iter: int, checkpoint: str | None) -> dict[str, dict]:
@@ -114,8 +137,8 @@ def main() -> int:
 
     policies = [p for p in args.policies.split(",") if p]
     for p in policies:  # a typo fails before any work
-        if not (p in ("frozen", "ridge", "gp", "xgb") or (p.startswith("every") and p[5:].isdigit())):
-            raise SystemExit(f"unknown policy {p!r}: use frozen, ridge, gp, every<k> (e.g. every1, every4) or xgb")
+        if parse_policy(p) is None:
+            raise SystemExit(f"unknown policy {p!r}: {POLICY_HELP}")
     if args.heldout:
         from perfmodel.predictor import load_predictor
 

@@ -37,3 +37,16 @@ def test_an_unknown_policy_or_an_empty_folder_is_one_clear_line(tmp_path: Path, 
     assert p.returncode != 0 and "unknown policy 'sgd'" in p.stderr
     p = _run("--runs", str(tiny_db), "--per-iter", "64")
     assert p.returncode != 0 and "two rounds" in p.stderr
+
+
+def test_a_ridge_policy_names_its_penalty() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_finetune", REPO / "benchmarks" / "bench_finetune.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.parse_policy("ridge10") == ("ridge", 10.0) and bench.parse_policy("every4") == ("every", 4)
+    assert [bench.parse_policy(n) for n in ("ridgex", "ridge-1", "every", "every0", "sgd")] == [None] * 5
+    assert bench.policy_model("ridge10", None).inner._new_correction().alpha == 10.0
+    assert bench.policy_model("ridge0.5", None).inner._new_correction().alpha == 0.5
+    assert bench.policy_model("ridge", None).inner._new_correction().alpha == 1000.0  # OnlineCorrection's default
