@@ -119,9 +119,11 @@ def run_one(wd: Path, overrides: list[str]) -> dict[str, Any]:
         if done.get("overrides") != overrides:
             raise SystemExit(f"{wd} was tuned with other settings ({done.get('overrides')}, now {overrides}): "
                              "restart with the same flags, or use another --out")
+        from perfmodel.workloads import describe_target, targets_match
+
         have, want = run_target(wd, done), tune_target(overrides)
-        if have is not None and not _same_target(have, want):
-            raise SystemExit(f"{wd} was tuned for {_describe(have)}, this machine tunes for {_describe(want)}: "
+        if have is not None and not targets_match(have, want):
+            raise SystemExit(f"{wd} was tuned for {describe_target(have)}, this machine tunes for {describe_target(want)}: "
                              "runs of two targets are never compared; use another --out")
         return {**done, "target": have or want, "resumed": True}
     if wd.exists():
@@ -141,12 +143,11 @@ def run_one(wd: Path, overrides: list[str]) -> dict[str, Any]:
 
 def tune_target(overrides: list[str]) -> dict[str, Any]:
     """``{kind, mcpu, threads}`` that ``perfmodel tune`` with ``overrides`` tunes for on this machine."""
-    from perfmodel.collect.collector import make_target
+    from perfmodel import tune
     from perfmodel.config import compose
     from perfmodel.workloads import target_summary
 
-    cfg = compose("tune", overrides)
-    return target_summary(make_target(cfg.target if isinstance(cfg.target, str) else dict(cfg.target), int(cfg.threads)))
+    return target_summary(tune.tune_target(compose("tune", overrides)))
 
 
 def run_target(wd: Path, done: dict) -> dict[str, Any] | None:
@@ -165,14 +166,6 @@ def run_target(wd: Path, done: dict) -> dict[str, Any] | None:
     except (OSError, ValueError, IndexError, TypeError, KeyError):
         return None
     return None
-
-
-def _same_target(a: dict, b: dict) -> bool:
-    return all(a.get(k) == b.get(k) for k in ("kind", "mcpu", "threads"))
-
-
-def _describe(t: dict) -> str:
-    return f"{t.get('kind')}/{t.get('mcpu')}/{t.get('threads')} thread(s)"
 
 
 def curve_of(run: dict) -> list[float]:

@@ -12,6 +12,8 @@ from typing import Any, Literal, overload
 
 import numpy as np
 import torch
+
+from perfmodel.workloads import describe_target, targets_match
 from torch import nn
 
 CKPT_KEY = "perfmodel"  # the block of a checkpoint that holds what inference needs
@@ -193,20 +195,20 @@ class Predictor:
         if vocab:
             if self.target_index(want) is not None:
                 return None
-            known = " and ".join(_describe(_summary(t)) for t in vocab)
-            head = f"checkpoint trained for {known} (target input), scoring for {_describe(want)} " \
-                   f"(scored as {_describe(_summary(vocab[0]))})"
+            known = " and ".join(describe_target(_summary(t)) for t in vocab)
+            head = f"checkpoint trained for {known} (target input), scoring for {describe_target(want)} " \
+                   f"(scored as {describe_target(_summary(vocab[0]))})"
         else:
             have = _summary(self.target)
-            if _matches(have, want):
+            if targets_match(have, want):
                 return None
-            head = f"checkpoint trained for {_describe(have)}, scoring for {_describe(want)}"
+            head = f"checkpoint trained for {describe_target(have)}, scoring for {describe_target(want)}"
         return f"{head}: predictions may be off; retrain on data of this target (python train.py data.db_paths=[...])"
 
     def target_index(self, target: Any) -> int | None:
         """Index of ``target`` (as ``target_mismatch`` takes it) in ``target_vocab``; ``None`` when not there."""
         want = _summary(target)
-        return next((i for i, t in enumerate(self.target_vocab) if _matches(_summary(t), want)), None)
+        return next((i for i, t in enumerate(self.target_vocab) if targets_match(_summary(t), want)), None)
 
     def _target_id(self, target: Any) -> int | None:
         """The ``target_id`` of graphs scored for ``target`` (``None``: the model has no target input)."""
@@ -848,15 +850,6 @@ def _summary(target: Any) -> dict[str, Any]:
     from perfmodel.workloads import target_summary
 
     return target_summary(target)
-
-
-def _matches(have: dict[str, Any], want: dict[str, Any]) -> bool:
-    """Two target summaries agree on kind, ``mcpu`` and threads (an unknown value matches anything)."""
-    return all(have[k] is None or want[k] is None or have[k] == want[k] for k in ("kind", "mcpu", "threads"))
-
-
-def _describe(t: dict[str, Any]) -> str:
-    return f"{t['kind']}/{t['mcpu']}" + (f"/{t['threads']} thread(s)" if t["threads"] is not None else "")
 
 
 def _load_norm(state: Any) -> Any:

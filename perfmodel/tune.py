@@ -85,6 +85,13 @@ def build_cost_model(cfg: Any) -> Any:
     return make_cost_model(kind, num_tuning_cores=int(cfg.get("xgb_threads") or physical_cores()))
 
 
+def tune_target(cfg: Any) -> Any:
+    """The ``tvm.target.Target`` a composed ``conf/tune.yaml`` tunes for on this machine."""
+    from perfmodel.collect.collector import make_target
+
+    return make_target(cfg.target if isinstance(cfg.target, str) else dict(cfg.target), int(cfg.threads))
+
+
 def tune(cfg: Any) -> dict[str, Any]:
     """Tunes the configured task or network and reports what it found.
 
@@ -109,7 +116,6 @@ def tune(cfg: Any) -> dict[str, Any]:
     import tvm
 
     from perfmodel._tvm import load_ms
-    from perfmodel.collect.collector import make_target
     from perfmodel.workloads import target_summary
     from perfmodel.collect.measure import Guard, Protocol
     from perfmodel.collect.runner import ProtocolRunner
@@ -121,7 +127,7 @@ def tune(cfg: Any) -> dict[str, Any]:
     logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.DEBUG if cfg.get("verbose") else logging.WARNING)
     work_dir = Path(cfg.work_dir or REPO / "runs" / "tune" / f"{label.replace('/', '__')}-{cfg.cost_model}-{cfg.trials}")
     work_dir.mkdir(parents=True, exist_ok=True)
-    target = make_target(cfg.target if isinstance(cfg.target, str) else dict(cfg.target), int(cfg.threads))
+    target = tune_target(cfg)
     ctxs = make_contexts(tasks, target=target, work_dir=work_dir, seed=int(cfg.seed), population=int(cfg.population),
                          num_threads=int(cfg.get("search_threads") or physical_cores()))
     print(f"tuning {label} ({len(tasks)} task{'s' if len(tasks) > 1 else ''}) with cost model {cfg.cost_model}, "

@@ -56,6 +56,17 @@ def target_summary(target: object) -> dict:
     return {"kind": str(target.get("kind")), "mcpu": str(mcpu) if mcpu else "generic",
             "threads": int(cores) if cores is not None else None}
 
+def targets_match(have: dict, want: dict) -> bool:
+    """Two ``{kind, mcpu, threads}`` summaries agree on each field (an unknown value matches anything)."""
+    return all(have.get(k) is None or want.get(k) is None or have.get(k) == want.get(k)
+               for k in ("kind", "mcpu", "threads"))
+
+
+def describe_target(t: dict) -> str:
+    """``llvm/znver3/1 thread(s)``: a target summary in one word."""
+    return f"{t.get('kind')}/{t.get('mcpu')}" + (f"/{t['threads']} thread(s)" if t.get("threads") is not None else "")
+
+
 # Operator family of a TE suite code, used by the held-out-family split.
 _TE_FAMILY = {
     "C1D": "conv", "C2D": "conv", "C3D": "conv", "GRP": "conv", "DIL": "conv", "DEP": "conv",
