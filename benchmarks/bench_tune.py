@@ -106,8 +106,8 @@ def run_one(wd: Path, overrides: list[str]) -> dict[str, Any]:
     """One ``perfmodel tune`` run into ``wd``, or its stored summary when it finished before.
 
     A finished run (``wd/summary.json``) is read back with ``resumed: True``; one finished with other
-    settings raises (a restart must use the same flags, or another ``--out``). Anything else in ``wd``
-    is an unfinished run's: removed, and the run done from scratch. The summary is written
+    settings, for another target, or (a GNN run) with other checkpoint weights raises (a restart must
+    use the same flags and model, or another ``--out``). Anything else in ``wd`` is an unfinished run's: removed, and the run done from scratch. The summary is written
     atomically, after the run. A run that raises returns ``{"error": ...}`` and writes no summary.
     """
     from perfmodel.config import compose
@@ -125,6 +125,13 @@ def run_one(wd: Path, overrides: list[str]) -> dict[str, Any]:
         if have is not None and not targets_match(have, want):
             raise SystemExit(f"{wd} was tuned for {describe_target(have)}, this machine tunes for {describe_target(want)}: "
                              "runs of two targets are never compared; use another --out")
+        if _option(overrides, "cost_model") == "gnn":
+            from perfmodel.predictor import checkpoint_id
+
+            ran, now = (done.get("checkpoint") or {}).get("sha256"), checkpoint_id(_option(overrides, "checkpoint"))
+            if ran is not None and ran != now["sha256"]:
+                raise SystemExit(f"{wd} was tuned with checkpoint {ran}, {now['path']} is now {now['sha256']}: "
+                                 "runs of two models are never compared under one name; use another --out")
         return {**done, "target": have or want, "resumed": True}
     if wd.exists():
         print(f"  {wd}: an unfinished run (no {SUMMARY}): starting it clean", flush=True)
@@ -139,6 +146,12 @@ def run_one(wd: Path, overrides: list[str]) -> dict[str, Any]:
     tmp.write_text(json.dumps(out, indent=1))
     os.replace(tmp, summary)
     return {**out, "resumed": False}
+
+
+def _option(overrides: list[str], key: str) -> str | None:
+    """The value of ``key=...`` among ``overrides`` (the last one wins), ``None`` when absent."""
+    vals = [o.split("=", 1)[1] for o in overrides if o.startswith(f"{key}=")]
+    return vals[-1] if vals else None
 
 
 def tune_target(overrides: list[str]) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import re
 import warnings
 from collections import OrderedDict
@@ -726,6 +727,17 @@ class GPCorrection(OnlineCorrection):
 def _sqdist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Squared Euclidean distances [len(a), len(b)]."""
     return np.maximum((a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T, 0.0)
+
+
+def checkpoint_id(path: str | Path | None = None) -> dict[str, str]:
+    """``{path, sha256}`` of a checkpoint file (``None``: the shipped one); the digest's first 16 hex
+    digits name the exact weights a tuning run used, so a run is never compared under another model's name."""
+    path = Path(path) if path is not None else DEFAULT_CHECKPOINT
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return {"path": str(path), "sha256": h.hexdigest()[:16]}
 
 
 @overload

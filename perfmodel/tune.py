@@ -104,7 +104,8 @@ def tune(cfg: Any) -> dict[str, Any]:
         ``seconds`` (seconds since the tuning started at which each trial was measured), ``trials``,
         ``untuned_tasks`` (no valid record), ``tune_s``, ``cost_model`` (its counters, e.g.
         ``predict_s``, ``predict_per_s``), ``cost_model_share`` (seconds inside predict + update /
-        tuning seconds), ``work_dir``, ``plot``, ``target`` (``{kind, mcpu, threads}`` tuned for). A network run adds ``estimate_ms`` (weighted sum of
+        tuning seconds), ``work_dir``, ``plot``, ``target`` (``{kind, mcpu, threads}`` tuned for), for the GNN ``checkpoint``
+        (``{path, sha256}``, :func:`perfmodel.predictor.checkpoint_id`). A network run adds ``estimate_ms`` (weighted sum of
         the tuned tasks' bests) and, measured end to end (:func:`perfmodel.plugin.network.measure_network`),
         ``network_latency_ms``, ``untuned_latency_ms``, ``torch_eager_ms`` and their details (or
         ``network_error``).
@@ -174,6 +175,10 @@ def tune(cfg: Any) -> dict[str, Any]:
     inner = getattr(model, "inner", None)
     if inner is not None and hasattr(inner, "stats"):  # the GNN's own counters (fallbacks, fine-tuning)
         out["gnn"] = inner.stats.as_dict()
+    if str(cfg.cost_model) == "gnn":  # which weights scored this run (a resumed benchmark checks it)
+        from perfmodel.predictor import checkpoint_id
+
+        out["checkpoint"] = checkpoint_id(cfg.get("checkpoint") or None)
     if cfg.get("network"):  # the estimate: weighted sum of the tuned tasks' bests (untuned ones left out)
         weights = {t.name: t.weight for t in tasks}
         out["estimate_ms"] = round(sum(weights[k] * v for k, v in best.items() if math.isfinite(v)) * 1e3, 4)

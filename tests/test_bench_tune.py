@@ -90,6 +90,30 @@ def test_a_finished_run_of_another_target_is_never_read_back(bench, tmp_path: Pa
     assert bench.run_one(wd, ["trials=1"])["target"] == here
 
 
+def test_a_finished_gnn_run_of_other_weights_is_never_read_back(bench, tmp_path: Path) -> None:
+    from perfmodel.predictor import checkpoint_id
+
+    ckpt = tmp_path / "a.ckpt"
+    ckpt.write_bytes(b"weights one")
+    ov = ["task=GMM-0", "cost_model=gnn", f"checkpoint={ckpt}", "trials=1"]
+    here = bench.tune_target(ov)
+    wd = bench.run_dir(tmp_path, "GMM-0", "gnn", 1)
+    wd.mkdir(parents=True)
+    ran = checkpoint_id(ckpt)
+    (wd / "summary.json").write_text(json.dumps({**_run([2.0], [5.0]), "overrides": ov, "target": here, "checkpoint": ran}))
+    assert bench.run_one(wd, ov)["resumed"] is True
+    ckpt.write_bytes(b"weights two")  # retrained in place: same path, other weights
+    assert checkpoint_id(ckpt)["sha256"] != ran["sha256"]
+    with pytest.raises(SystemExit, match=f"tuned with checkpoint {ran['sha256']}, .*a.ckpt is now .*another --out"):
+        bench.run_one(wd, ov)
+    # XGB runs carry no checkpoint and are read back whatever the GNN's file holds
+    xd = bench.run_dir(tmp_path, "GMM-0", "xgb", 1)
+    xd.mkdir(parents=True)
+    xov = ["task=GMM-0", "cost_model=xgb", "trials=1"]
+    (xd / "summary.json").write_text(json.dumps({**_run([2.0], [5.0]), "overrides": xov, "target": here}))
+    assert bench.run_one(xd, xov)["resumed"] is True
+
+
 @pytest.mark.slow
 def test_resume_skips_done_runs_and_redoes_unfinished_ones(bench, tmp_path: Path, capsys) -> None:
     from perfmodel.collect.database import Database
@@ -115,6 +139,9 @@ def test_resume_skips_done_runs_and_redoes_unfinished_ones(bench, tmp_path: Path
     summary = json.loads((gnn_dir / "summary.json").read_text())
     assert len(summary["seconds"]) == len(summary["curve"]) == 4
     assert summary["target"] == res["target"] == bench.tune_target(["trials=4"])  # what it was tuned for
+    from perfmodel.predictor import checkpoint_id
+
+    assert summary["checkpoint"] == checkpoint_id(DEFAULT_CHECKPOINT)  # which weights scored it
     xgb_records = (xgb_dir / "database_tuning_record.json").read_text()
 
     # the GNN run "killed" before its summary: its half database stays; the XGB run is done
