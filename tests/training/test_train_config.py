@@ -117,6 +117,7 @@ def test_experiment_presets_only_set_known_keys(name: str, tmp_path: Path) -> No
         return out
 
     raw = OmegaConf.to_container(cfg)  # unresolved: a preset may name paths through ${paths.data_dir}
+    preset = OmegaConf.create({k: v for k, v in OmegaConf.to_container(preset).items() if k != "defaults"})  # Hydra's list
     for key in leaves(OmegaConf.to_container(preset)):
         assert OmegaConf.select(base, key, default=missing) is not missing, \
             f"experiment={name} sets {key}, which conf/train.yaml does not have (a typo is silently added)"
@@ -129,6 +130,14 @@ def test_both_targets_preset_evaluates_on_one_of_its_folders(tmp_path: Path) -> 
     assert cfg.data.eval_db in cfg.data.db_paths and len(cfg.data.db_paths) == 2
     assert cfg.data.eval_db.endswith("/amd-epyc-znver3-t1") and cfg.model.target_input is True
     assert _cfg(tmp_path).data.eval_db is None and _cfg(tmp_path).model.target_input is False  # off by default
+
+
+def test_three_targets_preset_adds_the_zen5_folder_to_both_targets(tmp_path: Path) -> None:
+    two, three = _cfg(tmp_path, "experiment=both_targets"), _cfg(tmp_path, "experiment=three_targets")
+    assert list(three.data.db_paths[:2]) == list(two.data.db_paths) and three.data.db_paths[2].endswith("/amd-epyc-znver5-t1")
+    assert three.data.eval_db == two.data.eval_db and three.model.target_input is True
+    assert three.task_name == "three_targets" and three.data.split == two.data.split
+    assert all(Path(p).is_dir() for p in three.data.db_paths)  # the shipped checkpoint's folders are in the repo
 
 
 def test_optimizer_and_scheduler_anneal_to_eta_min(tmp_path: Path) -> None:
