@@ -129,9 +129,10 @@ def run_one(wd: Path, overrides: list[str]) -> dict[str, Any]:
             from perfmodel.predictor import checkpoint_id
 
             ran, now = (done.get("checkpoint") or {}).get("sha256"), checkpoint_id(_option(overrides, "checkpoint"))
-            if ran is not None and ran != now["sha256"]:
-                raise SystemExit(f"{wd} was tuned with checkpoint {ran}, {now['path']} is now {now['sha256']}: "
-                                 "runs of two models are never compared under one name; use another --out")
+            if ran != now["sha256"]:
+                raise SystemExit(f"{wd} was tuned with {f'checkpoint {ran}' if ran else 'an unrecorded checkpoint'}, "
+                                 f"{now['path']} is now {now['sha256']}: runs of two models are never compared under "
+                                 "one name; move the run aside (e.g. to gnn-<sha>-s1) or use another --out")
         return {**done, "target": have or want, "resumed": True}
     if wd.exists():
         print(f"  {wd}: an unfinished run (no {SUMMARY}): starting it clean", flush=True)
@@ -477,10 +478,16 @@ def _saved(prefix: str, cmps: list[dict]) -> dict[str, Any]:
 
 
 def _throughput(path: Path, task: str, runs: list[dict], checkpoint: str | None) -> dict[str, float]:
-    """:func:`scoring_throughput`, stored beside the task's runs and read back on a restart."""
+    """:func:`scoring_throughput`, stored beside the task's runs and read back on a restart when the
+    same checkpoint weights were measured (``checkpoint_sha256``; else measured again)."""
+    from perfmodel.predictor import checkpoint_id
+
+    sha = checkpoint_id(checkpoint)["sha256"]
     if path.is_file():
-        return json.loads(path.read_text())
-    tp = scoring_throughput(task, runs, checkpoint)
+        tp = json.loads(path.read_text())
+        if tp.get("checkpoint_sha256") == sha:
+            return tp
+    tp = {**scoring_throughput(task, runs, checkpoint), "checkpoint_sha256": sha}
     path.write_text(json.dumps(tp))
     return tp
 

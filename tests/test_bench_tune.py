@@ -106,12 +106,28 @@ def test_a_finished_gnn_run_of_other_weights_is_never_read_back(bench, tmp_path:
     assert checkpoint_id(ckpt)["sha256"] != ran["sha256"]
     with pytest.raises(SystemExit, match=f"tuned with checkpoint {ran['sha256']}, .*a.ckpt is now .*another --out"):
         bench.run_one(wd, ov)
+    # a GNN summary that does not say which weights scored it is not passed off as this checkpoint's
+    (wd / "summary.json").write_text(json.dumps({**_run([2.0], [5.0]), "overrides": ov, "target": here}))
+    with pytest.raises(SystemExit, match="tuned with an unrecorded checkpoint"):
+        bench.run_one(wd, ov)
     # XGB runs carry no checkpoint and are read back whatever the GNN's file holds
     xd = bench.run_dir(tmp_path, "GMM-0", "xgb", 1)
     xd.mkdir(parents=True)
     xov = ["task=GMM-0", "cost_model=xgb", "trials=1"]
     (xd / "summary.json").write_text(json.dumps({**_run([2.0], [5.0]), "overrides": xov, "target": here}))
     assert bench.run_one(xd, xov)["resumed"] is True
+
+
+def test_scoring_throughput_is_read_back_only_for_the_same_weights(bench, tmp_path: Path, monkeypatch) -> None:
+    ckpt, path, calls = tmp_path / "a.ckpt", tmp_path / "throughput.json", []
+    ckpt.write_bytes(b"weights one")
+    monkeypatch.setattr(bench, "scoring_throughput",  # the measurement itself is the slow test's
+                        lambda task, runs, c: calls.append(c) or {"gnn": 10.0 * len(calls), "xgb": 5.0})
+    assert bench._throughput(path, "GMM-0", [], str(ckpt))["gnn"] == 10.0
+    assert bench._throughput(path, "GMM-0", [], str(ckpt))["gnn"] == 10.0 and len(calls) == 1  # read back
+    ckpt.write_bytes(b"weights two")
+    assert bench._throughput(path, "GMM-0", [], str(ckpt))["gnn"] == 20.0 and len(calls) == 2  # measured again
+    assert json.loads(path.read_text())["gnn"] == 20.0
 
 
 @pytest.mark.slow
