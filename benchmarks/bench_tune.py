@@ -107,11 +107,11 @@ def run_one(wd: Path, overrides: list[str]) -> dict[str, Any]:
 
     A finished run (``wd/summary.json``) is read back with ``resumed: True``; one finished with other
     settings, for another target, or (a GNN run) with other checkpoint weights raises (a restart must
-    use the same flags and model, or another ``--out``). Anything else in ``wd`` is an unfinished run's: removed, and the run done from scratch. The summary is written
-    atomically, after the run. A run that raises returns ``{"error": ...}`` and writes no summary.
+    use the same flags and model, or another ``--out``). Anything else in ``wd`` is an unfinished run's:
+    removed, and the run done from scratch. The summary is written atomically, after the run. A run that raises returns ``{"error": ...}`` and writes no summary.
     """
     from perfmodel.config import compose
-    from perfmodel.tune import tune
+    from perfmodel.tune import run_checkpoint, tune
 
     summary = wd / SUMMARY
     if summary.is_file():
@@ -125,10 +125,8 @@ def run_one(wd: Path, overrides: list[str]) -> dict[str, Any]:
         if have is not None and not targets_match(have, want):
             raise SystemExit(f"{wd} was tuned for {describe_target(have)}, this machine tunes for {describe_target(want)}: "
                              "runs of two targets are never compared; use another --out")
-        if _option(overrides, "cost_model") == "gnn":
-            from perfmodel.predictor import checkpoint_id
-
-            ran, now = (done.get("checkpoint") or {}).get("sha256"), checkpoint_id(_option(overrides, "checkpoint"))
+        if _option(overrides, "cost_model") == "gnn":  # a GNN run: the same weights, or not this model's run
+            now, ran = run_checkpoint(compose("tune", overrides)), (done.get("checkpoint") or {}).get("sha256")
             if ran != now["sha256"]:
                 raise SystemExit(f"{wd} was tuned with {f'checkpoint {ran}' if ran else 'an unrecorded checkpoint'}, "
                                  f"{now['path']} is now {now['sha256']}: runs of two models are never compared under "

@@ -13,9 +13,9 @@ from typing import Any, Literal, overload
 
 import numpy as np
 import torch
+from torch import nn
 
 from perfmodel.workloads import describe_target, targets_match
-from torch import nn
 
 CKPT_KEY = "perfmodel"  # the block of a checkpoint that holds what inference needs
 CKPT_FORMAT = 1  # version of the CKPT_KEY block

@@ -92,6 +92,15 @@ def tune_target(cfg: Any) -> Any:
     return make_target(cfg.target if isinstance(cfg.target, str) else dict(cfg.target), int(cfg.threads))
 
 
+def run_checkpoint(cfg: Any) -> dict[str, str] | None:
+    """``{path, sha256}`` of the weights that score a composed ``conf/tune.yaml``'s run (``None``: not the GNN)."""
+    if str(cfg.cost_model) != "gnn":
+        return None
+    from perfmodel.predictor import checkpoint_id
+
+    return checkpoint_id(cfg.get("checkpoint") or None)
+
+
 def tune(cfg: Any) -> dict[str, Any]:
     """Tunes the configured task or network and reports what it found.
 
@@ -104,8 +113,8 @@ def tune(cfg: Any) -> dict[str, Any]:
         ``seconds`` (seconds since the tuning started at which each trial was measured), ``trials``,
         ``untuned_tasks`` (no valid record), ``tune_s``, ``cost_model`` (its counters, e.g.
         ``predict_s``, ``predict_per_s``), ``cost_model_share`` (seconds inside predict + update /
-        tuning seconds), ``work_dir``, ``plot``, ``target`` (``{kind, mcpu, threads}`` tuned for), for the GNN ``checkpoint``
-        (``{path, sha256}``, :func:`perfmodel.predictor.checkpoint_id`). A network run adds ``estimate_ms`` (weighted sum of
+        tuning seconds), ``work_dir``, ``plot``, ``target`` (``{kind, mcpu, threads}`` tuned for), for
+        the GNN ``checkpoint`` (:func:`run_checkpoint`). A network run adds ``estimate_ms`` (weighted sum of
         the tuned tasks' bests) and, measured end to end (:func:`perfmodel.plugin.network.measure_network`),
         ``network_latency_ms``, ``untuned_latency_ms``, ``torch_eager_ms`` and their details (or
         ``network_error``).
@@ -175,10 +184,9 @@ def tune(cfg: Any) -> dict[str, Any]:
     inner = getattr(model, "inner", None)
     if inner is not None and hasattr(inner, "stats"):  # the GNN's own counters (fallbacks, fine-tuning)
         out["gnn"] = inner.stats.as_dict()
-    if str(cfg.cost_model) == "gnn":  # which weights scored this run (a resumed benchmark checks it)
-        from perfmodel.predictor import checkpoint_id
-
-        out["checkpoint"] = checkpoint_id(cfg.get("checkpoint") or None)
+    ckpt = run_checkpoint(cfg)  # which weights scored a GNN run (a resumed benchmark checks it)
+    if ckpt is not None:
+        out["checkpoint"] = ckpt
     if cfg.get("network"):  # the estimate: weighted sum of the tuned tasks' bests (untuned ones left out)
         weights = {t.name: t.weight for t in tasks}
         out["estimate_ms"] = round(sum(weights[k] * v for k, v in best.items() if math.isfinite(v)) * 1e3, 4)

@@ -56,6 +56,7 @@ def target_summary(target: object) -> dict:
     return {"kind": str(target.get("kind")), "mcpu": str(mcpu) if mcpu else "generic",
             "threads": int(cores) if cores is not None else None}
 
+
 def targets_match(have: dict, want: dict) -> bool:
     """Two ``{kind, mcpu, threads}`` summaries agree on each field (an unknown value matches anything)."""
     return all(have.get(k) is None or want.get(k) is None or have.get(k) == want.get(k)

@@ -117,12 +117,12 @@ def test_experiment_presets_only_set_known_keys(name: str, tmp_path: Path) -> No
         return out
 
     raw = OmegaConf.to_container(cfg)  # unresolved: a preset may name paths through ${paths.data_dir}
-    preset = OmegaConf.create({k: v for k, v in OmegaConf.to_container(preset).items() if k != "defaults"})  # Hydra's list
-    for key in leaves(OmegaConf.to_container(preset)):
+    preset = {k: v for k, v in OmegaConf.to_container(preset).items() if k != "defaults"}  # not Hydra's list
+    for key in leaves(preset):
         assert OmegaConf.select(base, key, default=missing) is not missing, \
             f"experiment={name} sets {key}, which conf/train.yaml does not have (a typo is silently added)"
         assert functools.reduce(dict.get, key.split("."), raw) == \
-            functools.reduce(dict.get, key.split("."), OmegaConf.to_container(preset))
+            functools.reduce(dict.get, key.split("."), preset)
 
 
 def test_both_targets_preset_evaluates_on_one_of_its_folders(tmp_path: Path) -> None:
