@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
+import os
 import re
 import warnings
 from collections import OrderedDict
@@ -298,26 +300,34 @@ class Predictor:
     def _predict_schedules(self, schs: Sequence[Any], fl: list[float], batch_size: int, cache: FeatureCache | None,
                            explore: float, target: Any,
                            correction: Callable[[np.ndarray, np.ndarray], np.ndarray] | None) -> np.ndarray:
-        if cache is None:
-            feats = self._features_isolated(schs)
-        else:
-            feats = [cache.get(s) for s in schs]
-            todo: dict[Any, list[int]] = {}  # schedules to featurize, each once
-            for i, f in enumerate(feats):
-                if f is FeatureCache.MISS:
-                    todo.setdefault(cache.key(schs[i]), []).append(i)
-            for idx, f in zip(todo.values(), self._features_isolated([schs[idx[0]] for idx in todo.values()])):
-                cache.put(schs[idx[0]], f)
-                for i in idx:
-                    feats[i] = f
-            cache.hits += len(schs) - len(todo)
-            cache.misses += len(todo)
+        feats = self._features_isolated(schs) if cache is None else self._features_cached(schs, cache)
         ok = [i for i, f in enumerate(feats) if f is not None]
         out = np.full(len(schs), np.inf)
         if ok:
             out[ok] = self.predict_features([feats[i] for i in ok], [fl[i] for i in ok], batch_size=batch_size,
                                             explore=explore, target=target, correction=correction)
         return out
+
+    def _features_cached(self, schs: Sequence[Any], cache: FeatureCache) -> list[Any]:
+        """The features of ``schs``, each content featurized once: those in ``cache`` taken from it, the
+        others computed (keys and features on ``featurize_workers`` cores) and added to it."""
+        from perfmodel.featurize import features_keyed
+
+        got = features_keyed(schs, key=cache.key, known=cache.__contains__, granularity=self.granularity,
+                             workers=self.featurize_workers)
+        new: dict[Any, Any] = {}
+        for k, hit, f in got:
+            if not hit:
+                new.setdefault(k, f)  # the first of a content two workers both featurized
+        # a hit was in the cache when the workers started, and nothing leaves it before the puts below
+        feats = [new[k] if k in new else cache.get_key(k) for k, _, _ in got]
+        for sch, (k, _, _) in zip(schs, got):
+            cache.remember(sch, k)  # keys the workers computed: this object is not hashed again
+        for k, f in new.items():
+            cache.put_key(k, f)
+        cache.misses += len(new)
+        cache.hits += len(schs) - len(new)
+        return feats
 
     def predict_features(self, feats: Sequence[Any], flops: Sequence[float], *, batch_size: int = 1024,
                          explore: float = 0.0, target: Any = None,
@@ -455,51 +465,93 @@ class Predictor:
 
 
 class FeatureCache:
-    """The ``perfmodel.featurize.Features`` of the newest ``size`` schedules scored, by object identity.
+    """The ``perfmodel.featurize.Features`` of the newest ``size`` schedules scored, by content.
 
-    MetaSchedule's evolutionary search hands its cost model some of the very same schedule objects
-    again (parents kept from one generation to the next: about 11% of the 10,240 candidates scored in
-    a 64-trial tune), so ``Predictor.predict_schedules(..., cache=...)`` need not featurize them twice.
-    The key is the schedule object and its (immutable) module: a schedule changed in place has a new
-    module, hence a new key. Each entry keeps both objects alive, so no other object can take their
-    addresses while it lives. A cache belongs to one predictor's granularity (make a new one for another).
+    MetaSchedule's evolutionary search hands its cost model schedules it scored before: the very same
+    objects (parents kept from one generation to the next: 11-12% of the candidates of a 64-trial
+    tune) and new objects whose module a mutation rebuilt as it was (a tile size drawn again), or the
+    measured bests it replays each round: in all 30% of GRP-3's and 56% of SFM-3's 10,240 candidates.
+    ``Predictor.predict_schedules(..., cache=...)`` featurizes none of them twice. The key is what the featurizer reads
+    (``perfmodel.featurize.content_key``: the module's structural hash and the trace's inline count);
+    a schedule object seen before finds its key without hashing again (each such entry keeps the
+    object and its module alive, so no other object can take their addresses meanwhile). A cache
+    belongs to one predictor's granularity and one task's schedules (make a new one for another
+    granularity; tasks share one safely, their modules differ).
 
     Args:
-        size: entries kept (least recently used dropped first).
+        size: schedules (distinct contents) whose features are kept, least recently used dropped first
+            (a few KB each).
+        objects: schedule objects whose key is remembered (each keeps its schedule alive: ~125 KB).
     """
 
     MISS = object()  # ``get``'s answer for a schedule not in the cache (``None`` is a cached failure)
 
-    def __init__(self, *, size: int = 4096) -> None:
-        self.size = int(size)
+    def __init__(self, *, size: int = 4096, objects: int = 1024) -> None:
+        self.size, self.objects = int(size), int(objects)
         self.hits = 0  # schedules scored without featurizing them (``predict_schedules`` counts)
         self.misses = 0  # schedules featurized
-        self._entries: OrderedDict[tuple[int, int], tuple[Any, Any, Any]] = OrderedDict()
+        self._feats: OrderedDict[Any, Any] = OrderedDict()  # content key -> features
+        self._keys: OrderedDict[tuple[int, int], tuple[Any, Any, Any]] = OrderedDict()  # object -> content key
+        self._serial = itertools.count()
 
     def __len__(self) -> int:
-        return len(self._entries)
+        """Schedules (distinct contents) whose features are kept."""
+        return len(self._feats)
 
-    @staticmethod
-    def key(sch: Any) -> tuple[int, int]:
-        """The identity of a schedule (or module) and of its module."""
-        return sch.__chandle__(), getattr(sch, "mod", sch).__chandle__()
+    def key(self, sch: Any) -> Any:
+        """The content key of a schedule (or module), hashed once per object while the object is
+        remembered; an object that cannot be hashed is keyed by its identity."""
+        mod = getattr(sch, "mod", sch)
+        ident = sch.__chandle__(), mod.__chandle__()
+        entry = self._keys.get(ident)
+        if entry is not None:
+            self._keys.move_to_end(ident)
+            return entry[2]
+        from perfmodel.featurize import content_key
+
+        try:
+            key: Any = content_key(sch)
+        except Exception:  # noqa: BLE001  e.g. a module TVM cannot hash: then only this object hits
+            key = ("object", os.getpid(), next(self._serial))  # unique (forked workers too): this object only
+        self.remember(sch, key)
+        return key
+
+    def remember(self, sch: Any, key: Any) -> None:
+        """Remembers that ``sch`` has content key ``key`` (computed elsewhere: a forked worker)."""
+        mod = getattr(sch, "mod", sch)
+        ident = sch.__chandle__(), mod.__chandle__()
+        if ident in self._keys:
+            self._keys.move_to_end(ident)
+            return
+        self._keys[ident] = (sch, mod, key)
+        while len(self._keys) > max(1, self.objects):
+            self._keys.popitem(last=False)
+
+    def __contains__(self, key: Any) -> bool:
+        """Whether the features of content ``key`` are kept."""
+        return key in self._feats
 
     def get(self, sch: Any) -> Any:
         """The cached features of ``sch`` (``None``: it could not be featurized), else ``MISS``."""
-        key = self.key(sch)
-        entry = self._entries.get(key)
-        if entry is None:
+        return self.get_key(self.key(sch))
+
+    def get_key(self, key: Any) -> Any:
+        """The cached features of content ``key``, else ``MISS``."""
+        if key not in self._feats:
             return self.MISS
-        self._entries.move_to_end(key)
-        return entry[2]
+        self._feats.move_to_end(key)
+        return self._feats[key]
 
     def put(self, sch: Any, feats: Any) -> None:
         """Remembers the features (or ``None``) of ``sch``."""
-        key = self.key(sch)
-        self._entries[key] = (sch, getattr(sch, "mod", sch), feats)
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.size:
-            self._entries.popitem(last=False)
+        self.put_key(self.key(sch), feats)
+
+    def put_key(self, key: Any, feats: Any) -> None:
+        """Remembers the features (or ``None``) of content ``key``."""
+        self._feats[key] = feats
+        self._feats.move_to_end(key)
+        while len(self._feats) > self.size:
+            self._feats.popitem(last=False)
 
 
 class MeasuredBuffer:

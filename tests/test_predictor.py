@@ -243,31 +243,46 @@ def test_predict_schedules_scores_exactly_the_featurized_graphs(target) -> None:
         p.predict_schedules(schs, flops=[1.0, 2.0])
 
 
-def test_feature_cache_reuses_the_features_of_the_same_schedule_objects(target) -> None:
+def test_feature_cache_reuses_the_features_of_schedules_scored_before(target) -> None:
     import tvm
 
     from perfmodel.collect.sampler import TaskSpace
+    from perfmodel.featurize import content_key, features
     from perfmodel.predictor import FeatureCache
     from conftest import dynamic_copy_func, matmul_mod
 
     dynamic = dynamic_copy_func()
 
     space = TaskSpace(mod=matmul_mod(), target=target)
-    schs = [s for _, s in zip(range(5), (s for _, s in space.random_stream()))]
+    schs, seen = [], set()
+    for _, s in space.random_stream():  # five schedules of different content
+        if content_key(s) not in seen:
+            seen.add(content_key(s))
+            schs.append(s)
+        if len(schs) == 5:
+            break
     schs.append(tvm.s_tir.Schedule(dynamic))
     p = _predictor(in_dim=len(NODE_FEATURES), edge_dim=len(EDGE_FEATURES))
-    population = schs + schs[:2]  # the search hands in some schedule objects twice
+    twins = [s.copy() for s in schs[:2]]  # new objects, same modules (what a mutation that changed nothing gives)
+    assert all(t.__chandle__() != s.__chandle__() for t, s in zip(twins, schs))
+    population = schs + schs[:2] + twins  # the search hands in some schedule objects twice, some contents twice
+    for t, s in zip(twins, schs):  # the same features (what makes reusing them right)
+        a, b = features(t), features(s)
+        assert np.array_equal(a.x, b.x) and np.array_equal(a.edge_x, b.edge_x) and a.edges == b.edges
     want = p.predict_schedules(population, flops=1e6)
+    assert np.allclose(want[6:], np.tile(want[:2], 2), rtol=1e-6)  # (a graph's place in the batch: float rounding)
     cache = FeatureCache(size=16)
     assert np.array_equal(p.predict_schedules(population, flops=1e6, cache=cache), want)
-    assert (cache.hits, cache.misses, len(cache)) == (2, 6, 6)  # each object featurized once
+    assert (cache.hits, cache.misses, len(cache)) == (4, 6, 6)  # each content featurized once
     assert np.array_equal(p.predict_schedules(population, flops=1e6, cache=cache), want)  # every one a hit,
-    assert cache.hits == 2 + 8 and want[5] == np.inf  # the unfeaturizable one too (cached as None)
-    twin = schs[0].copy()  # equal content, another object: featurized again
-    assert cache.get(twin) is FeatureCache.MISS
+    assert cache.hits == 4 + 10 and want[5] == np.inf  # the unfeaturizable one too (cached as None)
+    assert cache.get(schs[2].copy()) is not FeatureCache.MISS
     small = FeatureCache(size=2)
     p.predict_schedules(schs, flops=1e6, cache=small)
     assert len(small) == 2 and small.get(schs[-1]) is None and small.get(schs[0]) is FeatureCache.MISS
+    few_objects = FeatureCache(size=16, objects=1)  # keys of forgotten objects are hashed again: still hits
+    p.predict_schedules(schs, flops=1e6, cache=few_objects)
+    assert len(few_objects._keys) == 1 and few_objects.get(schs[0]) is not FeatureCache.MISS
 
 
 def test_ensemble_predicts_the_members_mean_and_round_trips(tmp_path: Path) -> None:

@@ -55,6 +55,7 @@ def forked_map(fn: Callable[[Sequence[Any]], list[Any]], items: Sequence[Any], *
     ``os.fork``, with ``workers`` <= 1, fewer than ``min_per_worker`` items per worker or forking given
     up, this is just ``fn(items)``.
     """
+    reap()
     n = len(items)
     workers = min(int(workers), n // max(1, min_per_worker)) if n else 0
     if workers <= 1 or STATS.given_up or not hasattr(os, "fork"):
@@ -104,9 +105,8 @@ def forked_map(fn: Callable[[Sequence[Any]], list[Any]], items: Sequence[Any], *
         done = work()
     except BaseException:  # the parent's own share failed: leave no child behind
         for pid, r in children:
-            os.kill(pid, 9)
             os.close(r)
-            os.waitpid(pid, 0)
+            _kill(pid)
         raise
     finally:
         os.close(qr)
@@ -136,24 +136,58 @@ def forked_map(fn: Callable[[Sequence[Any]], list[Any]], items: Sequence[Any], *
 
 
 def _receive(r: int, pid: int, deadline: float) -> Any:
-    """The child's pickled result from pipe ``r``; reaps the child; raises on failure or past ``deadline``."""
+    """The child's pickled result from pipe ``r``; raises on failure or past ``deadline``.
+
+    A child that sent its whole result is reaped later (``reap``): a process as large as a tuner
+    (TVM, torch) takes ~20 ms to tear down, which the caller need not wait for. A child that failed
+    (it sends nothing, or not all) or ran late is killed and reaped here.
+    """
     chunks = []
     try:
         while True:
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([r], [], [], left)[0]:
-                os.kill(pid, 9)
                 raise TimeoutError(f"featurizing child {pid} not done in time")
             b = os.read(r, 1 << 20)
             if not b:
                 break
             chunks.append(b)
+        try:
+            got = pickle.loads(b"".join(chunks))
+        except Exception as e:  # noqa: BLE001  nothing or a part: the child failed before or while sending
+            raise ChildProcessError(f"featurizing child {pid} failed ({type(e).__name__}: sent {sum(map(len, chunks))} "
+                                    "bytes)") from None
+    except BaseException:
+        _kill(pid)
+        raise
     finally:
         os.close(r)
-        _, status = os.waitpid(pid, 0)
-    if not os.WIFEXITED(status) or os.WEXITSTATUS(status) != 0:
-        raise ChildProcessError(f"featurizing child {pid} failed (wait status {status})")
-    return pickle.loads(b"".join(chunks))
+    _EXITING.append(pid)
+    return got
+
+
+_EXITING: list[int] = []  # children that sent their result and may still be tearing down
+
+
+def reap(*, wait: bool = False) -> None:
+    """Collects the children of earlier calls that have exited (each call does, so none is left
+    behind for long); ``wait``: waits for those still tearing down."""
+    for pid in list(_EXITING):
+        try:
+            done, _ = os.waitpid(pid, 0 if wait else os.WNOHANG)
+        except ChildProcessError:  # reaped elsewhere
+            done = pid
+        if done:
+            _EXITING.remove(pid)
+
+
+def _kill(pid: int) -> None:
+    """Kills a child and waits for it."""
+    try:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass
 
 
 def _checked(res: Any, size: int) -> list[Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +56,18 @@ def _n_inlined(sch: Any) -> int:
         return 0
     kinds = _inline_kinds
     return sum(1 for inst in trace.insts[:] if inst.kind.__chandle__() in kinds)
+
+
+def content_key(sch: Any) -> tuple[int, int]:
+    """What ``features`` reads of a schedule, as a key: the structural hash of its module and the trace's
+    inline count (an IRModule / PrimFunc: its hash and 0). Two schedules with equal keys have equal
+    features: the search's mutations often rebuild a module it scored before, as a new object."""
+    import tvm
+    import tvm_ffi
+
+    if isinstance(sch, tvm.s_tir.Schedule):
+        return int(tvm_ffi.structural_hash(sch.mod)), _n_inlined(sch)
+    return int(tvm_ffi.structural_hash(sch)), 0
 
 
 def _func_of(obj: Any) -> Any:
@@ -483,6 +495,48 @@ def features_many(schs: Iterable[Any], *, granularity: str = "stage", errors: st
         return _features_list(schs, granularity, errors)
 
 
+def features_keyed(schs: Iterable[Any], *, key: Callable[[Any], Any], known: Callable[[Any], bool],
+                   granularity: str = "stage", workers: int = 1) -> list[tuple[Any, bool, Features | None]]:
+    """``(key(s), hit, features)`` of each schedule, for a cache of features by content.
+
+    ``hit``: ``known(key(s))``, or the same key came earlier in this process's share of the list; then
+    nothing is featurized (``features`` is ``None``). Otherwise ``features`` are the schedule's
+    (``None``: the featurizer does not handle it, or failed on it). ``workers`` > 1: the keys (a
+    structural hash costs ~80 us) and the features are computed on that many cores by forked
+    children (as ``features_many``; results without ``program``), which read ``known`` as it was
+    when they were forked.
+    """
+    schs = list(schs)
+
+    def share(part: Sequence[Any]) -> list[tuple[Any, bool, Features | None]]:
+        out: list[tuple[Any, bool, Features | None]] = []
+        seen: set[Any] = set()
+        for s in part:
+            k = key(s)
+            if k in seen or known(k):
+                out.append((k, True, None))
+                continue
+            seen.add(k)
+            try:
+                f: Features | None = features(s, granularity=granularity)
+            except Exception:  # noqa: BLE001  a construct it does not handle, or a featurizer bug: not scored
+                f = None
+            out.append((k, False, f))
+        return out
+
+    with paused_gc():
+        if workers > 1:
+            from perfmodel.featurize.forked import forked_map
+
+            def light(part: Sequence[Any]) -> list[tuple[Any, bool, Features | None]]:
+                res = share(part)
+                _light([f for _, _, f in res])
+                return res
+
+            return forked_map(light, schs, workers=workers)
+        return share(schs)
+
+
 def _features_list(schs: Sequence[Any], granularity: str, errors: str) -> list[Features | None]:
     out: list[Features | None] = []
     for s in schs:
@@ -531,5 +585,5 @@ def featurize_many(schs: Iterable[Any], *, granularity: str = "stage", errors: s
     return [None if f is None else _to_data(f) for f in features_many(schs, granularity=granularity, errors=errors)]
 
 
-__all__: Sequence[str] = ["Features", "features", "features_many", "features_to_batch", "stage_graph", "graph_to_data",
-                          "featurize", "featurize_many", "paused_gc", "FeaturizeError"]
+__all__: Sequence[str] = ["Features", "content_key", "features", "features_keyed", "features_many", "features_to_batch",
+                          "stage_graph", "graph_to_data", "featurize", "featurize_many", "paused_gc", "FeaturizeError"]

@@ -48,7 +48,8 @@ class GNNCostModel(ms.cost_model.PyCostModel):
     checkpoint's logs one warning and counts ``stats.target_mismatch``; a checkpoint with the target
     input scores for the tuning target (``context.target``: that warning when it is not one it knows,
     then scored as its most common training target). Candidates the search hands
-    in again (the same schedule objects) reuse their features (a :class:`~perfmodel.predictor.FeatureCache`).
+    in again (the same schedule objects, or new ones with a module scored before) reuse their features
+    (a :class:`~perfmodel.predictor.FeatureCache`).
 
     Args:
         path: checkpoint to load; default the shipped ``perfmodel/pretrained/gnn.ckpt``.
@@ -67,8 +68,9 @@ class GNNCostModel(ms.cost_model.PyCostModel):
             ``perfmodel.featurize.features_many``); ``tune`` gives it the physical cores, as TVM's XGB
             model gets them for its feature extraction (the search waits for the scores: the
             builder and runner are idle meanwhile).
-        feature_cache: schedules whose features are kept for when the search hands them in again
-            (two populations of TVM's default 512; about 125 KB each with their schedule; 0: none).
+        feature_cache: schedules whose features are kept for when the search hands them in again, as
+            the same object or as a new one with the same module (a :class:`~perfmodel.predictor.FeatureCache`
+            by content; a few KB each; 0: none).
         explore: exploration from doubt: score ``mean - explore * std`` of the ensemble members'
             log times (0: the plain mean; a single model has no spread). Default off until
             bench_tune shows it reaching XGB's best sooner (``--models gnn,gnn-explore,...``).
@@ -77,7 +79,7 @@ class GNNCostModel(ms.cost_model.PyCostModel):
     def __init__(self, *, path: str | Path | None = None, predictor: Predictor | None = None,
                  frozen: bool = False, update_every: int = 1, steps: int = 20, lr: float = 1e-4,
                  history: int = 4096, batch_size: int = 1024, threads: int | None = None,
-                 feature_cache: int = 1024, explore: float = 0.0, online: str = "ridge",
+                 feature_cache: int = 8192, explore: float = 0.0, online: str = "ridge",
                  ridge_alpha: float | None = None, gp_kappa: float | None = None,
                  featurize_workers: int = 1) -> None:
         super().__init__()
@@ -146,12 +148,13 @@ class GNNCostModel(ms.cost_model.PyCostModel):
                 log.warning("GNNCostModel: %s", task["mismatch"])
             self.stats.target_mismatch += 1
         cache = self.features if self.features.size else None
-        before = (FORKS.child_items, FORKS.redone)
+        before = (FORKS.child_items, FORKS.redone, self.features.hits)
         log_t = self.predictor.predict_schedules([c.sch for c in candidates], flops=task["flops"],
                                                  batch_size=self.batch_size, cache=cache, explore=self.explore,
                                                  target=task["target"], correction=self.correction.bound(task["key"]))
         self.stats.featurized_by_workers += FORKS.child_items - before[0]
         self.stats.worker_failures += FORKS.redone - before[1]
+        self.stats.cache_hits += self.features.hits - before[2]
         with np.errstate(invalid="ignore"):
             return np.where(np.isfinite(log_t), np.exp(np.clip(task["ref"] - log_t, -_MAX_EXP, _MAX_EXP)), np.nan)
 

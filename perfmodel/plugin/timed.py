@@ -35,6 +35,8 @@ class CostModelStats:
         featurized_by_workers: candidates featurized by forked workers (GNN with ``featurize_workers`` > 1).
         worker_failures: forked workers that failed, died or ran late; their candidates were featurized
             in the tuning process instead (GNN only).
+        cache_hits: candidates scored with the features of a schedule scored before (the same object or
+            the same module; GNN only): not featurized again.
     """
 
     predict_calls: int = 0
@@ -50,6 +52,7 @@ class CostModelStats:
     errors: int = 0
     featurized_by_workers: int = 0
     worker_failures: int = 0
+    cache_hits: int = 0
 
     @property
     def model_s(self) -> float:

@@ -11,7 +11,7 @@ import numpy as np
 import psutil
 import pytest
 
-from perfmodel.featurize.forked import STATS, forked_map
+from perfmodel.featurize.forked import STATS, forked_map, reap
 
 PARENT = os.getpid()
 
@@ -36,6 +36,7 @@ _BEFORE: set[int] = set()
 
 
 def _no_children_left() -> bool:
+    reap(wait=True)  # children that sent their results are reaped later (the next call), not waited for
     return not ({p.pid for p in psutil.Process().children(recursive=True)} - _BEFORE)
 
 
@@ -48,7 +49,10 @@ def test_forked_map_equals_the_plain_map_in_order_and_shares_the_work() -> None:
     assert PARENT in pids and len(pids) == 2  # the parent and one child each did chunks
     child_items = sum(p != PARENT for _, p in out)
     assert STATS.child_items - before == child_items > 0
-    assert _no_children_left()
+    from perfmodel.featurize import forked
+
+    assert len(forked._EXITING) == 1  # the child sent its results: not waited for while it tears down
+    assert _no_children_left() and not forked._EXITING
 
 
 @pytest.mark.parametrize("workers,n", [(1, 300), (2, 40)])
@@ -142,4 +146,35 @@ def test_features_many_on_two_workers_equals_one_process(target) -> None:
             assert bool((ba[key] == bb[key]).all()), key
     with pytest.raises(ValueError, match="forked worker"):
         two[0].node_kinds_names()
+    assert _no_children_left()
+
+
+def test_features_keyed_skips_known_and_repeated_contents_on_one_or_two_workers(target) -> None:
+    from conftest import matmul_mod
+
+    from perfmodel.collect.sampler import TaskSpace
+    from perfmodel.featurize import content_key, features, features_keyed
+
+    space = TaskSpace(mod=matmul_mod(), target=target)
+    schs = [s for _, (_, s) in zip(range(80), space.random_stream(1))]
+    schs += [s.copy() for s in schs[:10]]  # the same modules again, as new objects
+    keys = [content_key(s) for s in schs]
+    known = set(keys[:5])
+    one = features_keyed(schs, key=content_key, known=known.__contains__)
+    assert [k for k, _, _ in one] == keys
+    first = {}
+    for i, k in enumerate(keys):
+        first.setdefault(k, i)
+    # a hit: known, or the content came earlier; nothing featurized for it
+    assert [hit for _, hit, _ in one] == [k in known or first[k] < i for i, k in enumerate(keys)]
+    assert all((f is None) == hit for _, hit, f in one)
+    before = STATS.child_items
+    two = features_keyed(schs, key=content_key, known=known.__contains__, workers=2)
+    assert STATS.child_items > before and [k for k, _, _ in two] == keys
+    assert all(hit for (k, hit, _) in two if k in known)
+    for s, (k, hit, f) in zip(schs, two):  # each process featurizes a content once; the same features
+        if not hit:
+            want = features(s)
+            assert np.array_equal(f.x, want.x) and f.edges == want.edges and f.program is None
+    assert sum(not hit for _, hit, _ in two) <= 2 * len(set(keys) - known)
     assert _no_children_left()
