@@ -12,8 +12,8 @@ measured times; also the seconds each policy spent in ``update`` (featurizing + 
 
 Policies: ``frozen`` (``gnn.frozen=true``), ``ridge`` (``gnn.online=ridge``, the default of
 ``perfmodel tune``: a per-task ridge correction on the network's embeddings, refitted every round),
-``ridge<alpha>`` (the same with ``gnn.ridge_alpha=<alpha>``, e.g. ``ridge10``: trusts the
-task's measurements sooner), ``gp`` (``gnn.online=gp``: a Gaussian process on the same embeddings; judged by its posterior mean),
+``ridge<alpha>`` (the same with ``gnn.ridge_alpha=<alpha>``, e.g. ``ridge1000``, the default until
+2026-11-27: trusts the model longer), ``gp`` (``gnn.online=gp``: a Gaussian process on the same embeddings; judged by its posterior mean),
 ``every<k>`` (``gnn.online=finetune``: fine-tune the network after every k-th round,
 ``gnn.update_every=k``), ``xgb`` (TVM's XGBModel
 trained on the rounds so far, what the GNN competes with: scores at random until 100 measurements).

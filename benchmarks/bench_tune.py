@@ -106,17 +106,19 @@ def run_one(wd: Path, overrides: list[str]) -> dict[str, Any]:
     """One ``perfmodel tune`` run into ``wd``, or its stored summary when it finished before.
 
     A finished run (``wd/summary.json``) is read back with ``resumed: True``; one finished with other
-    settings, for another target, or (a GNN run) with other checkpoint weights raises (a restart must
-    use the same flags and model, or another ``--out``). Anything else in ``wd`` is an unfinished run's:
-    removed, and the run done from scratch. The summary is written atomically, after the run. A run that raises returns ``{"error": ...}`` and writes no summary.
+    settings, for another target, or (a GNN run) with other checkpoint weights or other scoring options
+    (``gnn_settings``: compared as they were and are, whether set by an override or by a default) raises
+    (a restart must use the same flags and model, or another ``--out``). Anything else in ``wd`` is an
+    unfinished run's: removed, and the run done from scratch. The summary is written atomically, after
+    the run. A run that raises returns ``{"error": ...}`` and writes no summary.
     """
     from perfmodel.config import compose
-    from perfmodel.tune import run_checkpoint, tune
+    from perfmodel.tune import run_checkpoint, run_settings, tune
 
     summary = wd / SUMMARY
     if summary.is_file():
         done = json.loads(summary.read_text())
-        if done.get("overrides") != overrides:
+        if _not_gnn(done.get("overrides") or []) != _not_gnn(overrides):
             raise SystemExit(f"{wd} was tuned with other settings ({done.get('overrides')}, now {overrides}): "
                              "restart with the same flags, or use another --out")
         from perfmodel.workloads import describe_target, targets_match
@@ -125,12 +127,17 @@ def run_one(wd: Path, overrides: list[str]) -> dict[str, Any]:
         if have is not None and not targets_match(have, want):
             raise SystemExit(f"{wd} was tuned for {describe_target(have)}, this machine tunes for {describe_target(want)}: "
                              "runs of two targets are never compared; use another --out")
-        if _option(overrides, "cost_model") == "gnn":  # a GNN run: the same weights, or not this model's run
-            now, ran = run_checkpoint(compose("tune", overrides)), (done.get("checkpoint") or {}).get("sha256")
+        if _option(overrides, "cost_model") == "gnn":  # a GNN run: same weights and options, or not this model's
+            cfg = compose("tune", overrides)
+            now, ran = run_checkpoint(cfg), (done.get("checkpoint") or {}).get("sha256")
             if ran != now["sha256"]:
                 raise SystemExit(f"{wd} was tuned with {f'checkpoint {ran}' if ran else 'an unrecorded checkpoint'}, "
                                  f"{now['path']} is now {now['sha256']}: runs of two models are never compared under "
                                  "one name; move the run aside (e.g. to gnn-<sha>-s1) or use another --out")
+            if done.get("gnn_settings") != run_settings(cfg):
+                raise SystemExit(f"{wd} was tuned with GNN options {done.get('gnn_settings') or '(unrecorded)'}, they are "
+                                 f"now {run_settings(cfg)}: move the run aside (e.g. to gnn-<what differs>-s1) or use "
+                                 "another --out")
         return {**done, "target": have or want, "resumed": True}
     if wd.exists():
         print(f"  {wd}: an unfinished run (no {SUMMARY}): starting it clean", flush=True)
@@ -145,6 +152,11 @@ def run_one(wd: Path, overrides: list[str]) -> dict[str, Any]:
     tmp.write_text(json.dumps(out, indent=1))
     os.replace(tmp, summary)
     return {**out, "resumed": False}
+
+
+def _not_gnn(overrides: list[str]) -> list[str]:
+    """``overrides`` without the ``gnn.*`` options (a GNN run's are compared as ``gnn_settings``)."""
+    return [o for o in overrides if not o.startswith("gnn.")]
 
 
 def _option(overrides: list[str], key: str) -> str | None:

@@ -76,12 +76,9 @@ def build_cost_model(cfg: Any) -> Any:
     kind = str(cfg.cost_model)
     if kind == "gnn":
         g = cfg.gnn
-        return make_cost_model("gnn", checkpoint=cfg.get("checkpoint") or None, frozen=bool(g.frozen),
-                               update_every=int(g.update_every), steps=int(g.steps), lr=float(g.lr),
-                               threads=g.get("threads"), explore=float(g.get("explore") or 0.0),
-                               online=str(g.online), ridge_alpha=float(g.ridge_alpha),
-                               gp_kappa=float(g.gp_kappa),
-                               featurize_workers=int(g.get("featurize_workers") or physical_cores()))
+        return make_cost_model("gnn", checkpoint=cfg.get("checkpoint") or None, threads=g.get("threads"),
+                               featurize_workers=int(g.get("featurize_workers") or physical_cores()),
+                               **run_settings(cfg))
     return make_cost_model(kind, num_tuning_cores=int(cfg.get("xgb_threads") or physical_cores()))
 
 
@@ -90,6 +87,18 @@ def tune_target(cfg: Any) -> Any:
     from perfmodel.collect.collector import make_target
 
     return make_target(cfg.target if isinstance(cfg.target, str) else dict(cfg.target), int(cfg.threads))
+
+
+def run_settings(cfg: Any) -> dict[str, Any] | None:
+    """The options of ``GNNCostModel`` that decide how a composed ``conf/tune.yaml``'s run scores
+    candidates (``None``: not the GNN): what builds the model, and what a resumed benchmark compares
+    besides the weights (threads and workers change only the speed)."""
+    if str(cfg.cost_model) != "gnn":
+        return None
+    g = cfg.gnn
+    return {"frozen": bool(g.frozen), "online": str(g.online), "ridge_alpha": float(g.ridge_alpha),
+            "gp_kappa": float(g.gp_kappa), "update_every": int(g.update_every), "steps": int(g.steps),
+            "lr": float(g.lr), "explore": float(g.get("explore") or 0.0)}
 
 
 def run_checkpoint(cfg: Any) -> dict[str, str] | None:
@@ -114,10 +123,10 @@ def tune(cfg: Any) -> dict[str, Any]:
         ``untuned_tasks`` (no valid record), ``tune_s``, ``cost_model`` (its counters, e.g.
         ``predict_s``, ``predict_per_s``), ``cost_model_share`` (seconds inside predict + update /
         tuning seconds), ``work_dir``, ``plot``, ``target`` (``{kind, mcpu, threads}`` tuned for), for
-        the GNN ``checkpoint`` (:func:`run_checkpoint`). A network run adds ``estimate_ms`` (weighted sum of
-        the tuned tasks' bests) and, measured end to end (:func:`perfmodel.plugin.network.measure_network`),
-        ``network_latency_ms``, ``untuned_latency_ms``, ``torch_eager_ms`` and their details (or
-        ``network_error``).
+        the GNN ``checkpoint`` (:func:`run_checkpoint`) and ``gnn_settings`` (:func:`run_settings`). A
+        network run adds ``estimate_ms`` (weighted sum of the tuned tasks' bests) and, measured end to
+        end (:func:`perfmodel.plugin.network.measure_network`), ``network_latency_ms``,
+        ``untuned_latency_ms``, ``torch_eager_ms`` and their details (or ``network_error``).
     """
     os.environ["TVM_NUM_THREADS"] = str(int(cfg.threads))  # before the runner's worker starts
     label, tasks = resolve_tasks(cfg)
@@ -184,9 +193,9 @@ def tune(cfg: Any) -> dict[str, Any]:
     inner = getattr(model, "inner", None)
     if inner is not None and hasattr(inner, "stats"):  # the GNN's own counters (fallbacks, fine-tuning)
         out["gnn"] = inner.stats.as_dict()
-    ckpt = run_checkpoint(cfg)  # which weights scored a GNN run (a resumed benchmark checks it)
+    ckpt = run_checkpoint(cfg)  # which weights and settings scored a GNN run (a resumed benchmark checks them)
     if ckpt is not None:
-        out["checkpoint"] = ckpt
+        out["checkpoint"], out["gnn_settings"] = ckpt, run_settings(cfg)
     if cfg.get("network"):  # the estimate: weighted sum of the tuned tasks' bests (untuned ones left out)
         weights = {t.name: t.weight for t in tasks}
         out["estimate_ms"] = round(sum(weights[k] * v for k, v in best.items() if math.isfinite(v)) * 1e3, 4)

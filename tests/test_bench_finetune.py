@@ -49,4 +49,6 @@ def test_a_ridge_policy_names_its_penalty() -> None:
     assert [bench.parse_policy(n) for n in ("ridgex", "ridge-1", "every", "every0", "sgd")] == [None] * 5
     assert bench.policy_model("ridge10", None).inner._new_correction().alpha == 10.0
     assert bench.policy_model("ridge0.5", None).inner._new_correction().alpha == 0.5
-    assert bench.policy_model("ridge", None).inner._new_correction().alpha == 1000.0  # OnlineCorrection's default
+    from perfmodel.predictor import OnlineCorrection
+
+    assert bench.policy_model("ridge", None).inner._new_correction().alpha == OnlineCorrection().alpha == 10.0

@@ -100,7 +100,9 @@ def test_a_finished_gnn_run_of_other_weights_is_never_read_back(bench, tmp_path:
     wd = bench.run_dir(tmp_path, "GMM-0", "gnn", 1)
     wd.mkdir(parents=True)
     ran = checkpoint_id(ckpt)
-    (wd / "summary.json").write_text(json.dumps({**_run([2.0], [5.0]), "overrides": ov, "target": here, "checkpoint": ran}))
+    opts = _gnn_settings(ov)
+    (wd / "summary.json").write_text(json.dumps({**_run([2.0], [5.0]), "overrides": ov, "target": here, "checkpoint": ran,
+                                                 "gnn_settings": opts}))
     assert bench.run_one(wd, ov)["resumed"] is True
     ckpt.write_bytes(b"weights two")  # retrained in place: same path, other weights
     assert checkpoint_id(ckpt)["sha256"] != ran["sha256"]
@@ -116,6 +118,42 @@ def test_a_finished_gnn_run_of_other_weights_is_never_read_back(bench, tmp_path:
     xov = ["task=GMM-0", "cost_model=xgb", "trials=1"]
     (xd / "summary.json").write_text(json.dumps({**_run([2.0], [5.0]), "overrides": xov, "target": here}))
     assert bench.run_one(xd, xov)["resumed"] is True
+
+
+def _gnn_settings(overrides: list[str]) -> dict:
+    from perfmodel.config import compose
+    from perfmodel.tune import run_settings
+
+    return run_settings(compose("tune", overrides))
+
+
+def test_a_finished_gnn_run_of_other_options_is_never_read_back(bench, tmp_path: Path) -> None:
+    from perfmodel.predictor import checkpoint_id
+
+    ckpt = tmp_path / "a.ckpt"
+    ckpt.write_bytes(b"weights one")
+    ov = ["task=GMM-0", "cost_model=gnn", f"checkpoint={ckpt}", "trials=1"]
+    here, opts = bench.tune_target(ov), _gnn_settings(ov)
+    assert set(opts) >= {"frozen", "online", "ridge_alpha", "explore"}
+    wd = bench.run_dir(tmp_path, "GMM-0", "gnn", 1)
+    wd.mkdir(parents=True)
+
+    def stored(overrides: list[str], gnn_settings: dict | None) -> None:
+        (wd / "summary.json").write_text(json.dumps({**_run([2.0], [5.0]), "overrides": overrides, "target": here,
+                                                     "checkpoint": checkpoint_id(ckpt), "gnn_settings": gnn_settings}))
+
+    # run when the default ridge penalty was another: not this configuration's run, though no override differs
+    stored(ov, {**opts, "ridge_alpha": opts["ridge_alpha"] * 100})
+    with pytest.raises(SystemExit, match="tuned with GNN options .*ridge_alpha.*they are now .*another --out"):
+        bench.run_one(wd, ov)
+    stored(ov, None)  # a summary that does not say
+    with pytest.raises(SystemExit, match=r"GNN options \(unrecorded\)"):
+        bench.run_one(wd, ov)
+    # run with the options set by overrides that today's defaults give: the same run
+    stored([*ov, f"gnn.ridge_alpha={opts['ridge_alpha']}"], opts)
+    assert bench.run_one(wd, ov)["resumed"] is True
+    with pytest.raises(SystemExit, match="tuned with GNN options"):  # and an override that changes them is seen
+        bench.run_one(wd, [*ov, "gnn.explore=2.0"])
 
 
 def test_scoring_throughput_is_read_back_only_for_the_same_weights(bench, tmp_path: Path, monkeypatch) -> None:
@@ -158,6 +196,7 @@ def test_resume_skips_done_runs_and_redoes_unfinished_ones(bench, tmp_path: Path
     from perfmodel.predictor import checkpoint_id
 
     assert summary["checkpoint"] == checkpoint_id(DEFAULT_CHECKPOINT)  # which weights scored it
+    assert summary["gnn_settings"] == _gnn_settings(["cost_model=gnn"])  # and how (its options)
     xgb_records = (xgb_dir / "database_tuning_record.json").read_text()
 
     # the GNN run "killed" before its summary: its half database stays; the XGB run is done
