@@ -471,12 +471,12 @@ class FeatureCache:
     objects (parents kept from one generation to the next: 11-12% of the candidates of a 64-trial
     tune) and new objects whose module a mutation rebuilt as it was (a tile size drawn again), or the
     measured bests it replays each round: in all 30% of GRP-3's and 56% of SFM-3's 10,240 candidates.
-    ``Predictor.predict_schedules(..., cache=...)`` featurizes none of them twice. The key is what the featurizer reads
-    (``perfmodel.featurize.content_key``: the module's structural hash and the trace's inline count);
-    a schedule object seen before finds its key without hashing again (each such entry keeps the
-    object and its module alive, so no other object can take their addresses meanwhile). A cache
-    belongs to one predictor's granularity and one task's schedules (make a new one for another
-    granularity; tasks share one safely, their modules differ).
+    ``Predictor.predict_schedules(..., cache=...)`` featurizes none of them twice. The key is what the
+    featurizer reads (``perfmodel.featurize.content_key``: the module's structural hash and the trace's
+    inline count); a schedule object seen before finds its key without hashing again (each such entry
+    keeps the object and its module alive, so no other object can take their addresses meanwhile). A
+    cache belongs to one predictor's granularity (make a new one for another); tasks can share one
+    (their modules differ).
 
     Args:
         size: schedules (distinct contents) whose features are kept, least recently used dropped first
@@ -498,14 +498,17 @@ class FeatureCache:
         """Schedules (distinct contents) whose features are kept."""
         return len(self._feats)
 
+    @staticmethod
+    def _ident(sch: Any) -> tuple[int, int]:
+        """The identity of a schedule (or module) and of its (immutable) module."""
+        return sch.__chandle__(), getattr(sch, "mod", sch).__chandle__()
+
     def key(self, sch: Any) -> Any:
         """The content key of a schedule (or module), hashed once per object while the object is
         remembered; an object that cannot be hashed is keyed by its identity."""
-        mod = getattr(sch, "mod", sch)
-        ident = sch.__chandle__(), mod.__chandle__()
-        entry = self._keys.get(ident)
+        entry = self._keys.get(self._ident(sch))
         if entry is not None:
-            self._keys.move_to_end(ident)
+            self._keys.move_to_end(self._ident(sch))
             return entry[2]
         from perfmodel.featurize import content_key
 
@@ -518,12 +521,11 @@ class FeatureCache:
 
     def remember(self, sch: Any, key: Any) -> None:
         """Remembers that ``sch`` has content key ``key`` (computed elsewhere: a forked worker)."""
-        mod = getattr(sch, "mod", sch)
-        ident = sch.__chandle__(), mod.__chandle__()
+        ident = self._ident(sch)
         if ident in self._keys:
             self._keys.move_to_end(ident)
             return
-        self._keys[ident] = (sch, mod, key)
+        self._keys[ident] = (sch, getattr(sch, "mod", sch), key)
         while len(self._keys) > max(1, self.objects):
             self._keys.popitem(last=False)
 

@@ -101,8 +101,8 @@ def test_a_finished_gnn_run_of_other_weights_is_never_read_back(bench, tmp_path:
     wd.mkdir(parents=True)
     ran = checkpoint_id(ckpt)
     opts = _gnn_settings(ov)
-    (wd / "summary.json").write_text(json.dumps({**_run([2.0], [5.0]), "overrides": ov, "target": here, "checkpoint": ran,
-                                                 "gnn_settings": opts}))
+    (wd / "summary.json").write_text(json.dumps({**_run([2.0], [5.0]), "overrides": ov, "target": here,
+                                                 "checkpoint": ran, "gnn_settings": opts}))
     assert bench.run_one(wd, ov)["resumed"] is True
     ckpt.write_bytes(b"weights two")  # retrained in place: same path, other weights
     assert checkpoint_id(ckpt)["sha256"] != ran["sha256"]
