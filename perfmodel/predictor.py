@@ -506,9 +506,10 @@ class FeatureCache:
     def key(self, sch: Any) -> Any:
         """The content key of a schedule (or module), hashed once per object while the object is
         remembered; an object that cannot be hashed is keyed by its identity."""
-        entry = self._keys.get(self._ident(sch))
+        ident = self._ident(sch)
+        entry = self._keys.get(ident)
         if entry is not None:
-            self._keys.move_to_end(self._ident(sch))
+            self._keys.move_to_end(ident)
             return entry[2]
         from perfmodel.featurize import content_key
 
@@ -543,10 +544,6 @@ class FeatureCache:
             return self.MISS
         self._feats.move_to_end(key)
         return self._feats[key]
-
-    def put(self, sch: Any, feats: Any) -> None:
-        """Remembers the features (or ``None``) of ``sch``."""
-        self.put_key(self.key(sch), feats)
 
     def put_key(self, key: Any, feats: Any) -> None:
         """Remembers the features (or ``None``) of content ``key``."""

@@ -69,8 +69,8 @@ class GNNCostModel(ms.cost_model.PyCostModel):
             model gets them for its feature extraction (the search waits for the scores: the
             builder and runner are idle meanwhile).
         feature_cache: schedules whose features are kept for when the search hands them in again, as
-            the same object or as a new one with the same module (a :class:`~perfmodel.predictor.FeatureCache`
-            by content; a few KB each; 0: none).
+            the same object or as a new one with the same module (a
+            :class:`~perfmodel.predictor.FeatureCache` by content; a few KB each; 0: none).
         explore: exploration from doubt: score ``mean - explore * std`` of the ensemble members'
             log times (0: the plain mean; a single model has no spread). Default off until
             bench_tune shows it reaching XGB's best sooner (``--models gnn,gnn-explore,...``).
