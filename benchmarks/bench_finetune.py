@@ -13,7 +13,8 @@ measured times; also the seconds each policy spent in ``update`` (featurizing + 
 Policies: ``frozen`` (``gnn.frozen=true``), ``ridge`` (``gnn.online=ridge``, the default of
 ``perfmodel tune``: a per-task ridge correction on the network's embeddings, refitted every round),
 ``ridge<alpha>`` (the same with ``gnn.ridge_alpha=<alpha>``, e.g. ``ridge1000``, the default until
-2026-11-27: trusts the model longer), ``gp`` (``gnn.online=gp``: a Gaussian process on the same embeddings; judged by its posterior mean),
+2026-11-27: trusts the model longer; ``ridgeauto``: the penalty picked per task at every refit by
+leave-one-out), ``gp`` (``gnn.online=gp``: a Gaussian process on the same embeddings; judged by its posterior mean),
 ``every<k>`` (``gnn.online=finetune``: fine-tune the network after every k-th round,
 ``gnn.update_every=k``), ``xgb`` (TVM's XGBModel
 trained on the rounds so far, what the GNN competes with: scores at random until 100 measurements).
@@ -47,10 +48,10 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_RUNS = [REPO / "benchmarks" / "tune_full" / "runs"]
 
 
-POLICY_HELP = "use frozen, ridge, ridge<alpha> (e.g. ridge10), gp, every<k> (e.g. every1, every4) or xgb"
+POLICY_HELP = "use frozen, ridge, ridge<alpha> (e.g. ridge10, ridgeauto), gp, every<k> (e.g. every1, every4) or xgb"
 
 
-def parse_policy(name: str) -> tuple[str, float | None] | None:
+def parse_policy(name: str) -> tuple[str, float | str | None] | None:
     """(kind, its number) of a policy name -- ``("ridge", 10.0)`` for ``ridge10``, ``("every", 4)`` for
     ``every4``, ``("frozen", None)`` -- or ``None`` for a name that is no policy."""
     if name in ("frozen", "ridge", "gp", "xgb"):
@@ -58,6 +59,8 @@ def parse_policy(name: str) -> tuple[str, float | None] | None:
     for kind in ("ridge", "every"):
         rest = name[len(kind):]
         if name.startswith(kind) and rest:
+            if kind == "ridge" and rest == "auto":
+                return kind, "auto"
             try:
                 v = float(rest) if kind == "ridge" else int(rest)
             except ValueError:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import itertools
+import math
 import os
 import re
 import warnings
@@ -599,14 +600,19 @@ class OnlineCorrection:
         alpha: ridge penalty on the standardized embedding (larger: closer to the model's prior). 10:
             live tuning on Zen 5 (4 tasks x 2 seeds, 256 trials) ended at 0.90x the final best of alpha
             1000 (geometric mean), unsticking the runs where the prior was sure of a slow region
-            (0.62x-0.89x) and losing 1-5% where it was right (RESULTS.md).
+            (0.62x-0.89x) and losing 1-5% where it was right (RESULTS.md). ``"auto"``: picked per task
+            at every refit from ``ALPHAS`` (or no slope at all) by the exact leave-one-out error of the
+            task's own records, so a task whose residuals are noise keeps the prior and one where the
+            prior is systematically wrong lets its measurements speak (``picked``: the last choice).
         history: measured records kept per task (the newest).
     """
 
-    def __init__(self, *, alpha: float = 10.0, history: int = 4096) -> None:
-        if alpha <= 0:
-            raise ValueError(f"OnlineCorrection: alpha must be > 0 (got {alpha})")
-        self.alpha, self.history = float(alpha), int(history)
+    ALPHAS = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1e3, 3e3, 1e4, 3e4, 1e5)  # alpha="auto"'s candidates
+
+    def __init__(self, *, alpha: float | str = 10.0, history: int = 4096) -> None:
+        self.alpha: float | str = parse_alpha(alpha, "OnlineCorrection")
+        self.history = int(history)
+        self.picked: dict[Any, float] = {}  # task -> the penalty of its last refit (inf: the mean residual only)
         self._records: dict[Any, tuple[list[np.ndarray], list[float]]] = {}  # task -> (embeddings, residuals)
         self._fits: dict[Any, tuple[np.ndarray, np.ndarray, np.ndarray, float]] = {}  # task -> mu, sd, w, b
 
@@ -633,17 +639,22 @@ class OnlineCorrection:
         resids.extend(res[keep].tolist())
         priors.extend(pri[keep].tolist())
         del embs[:-self.history], resids[:-self.history], priors[:-self.history]
-        self._fits[task] = self._fit(np.stack(embs), np.asarray(resids), np.asarray(priors))
+        self._fits[task] = self._fit(np.stack(embs), np.asarray(resids), np.asarray(priors), task)
 
-    def _fit(self, e: np.ndarray, r: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    def _fit(self, e: np.ndarray, r: np.ndarray, p: np.ndarray,
+             task: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
         mu, sd = e.mean(0), e.std(0) + 1e-6
         z, b = (e - mu) / sd, float(r.mean())
         rc = r - b
         n, d = z.shape
-        if n <= d:  # dual form: an n x n system
-            w = z.T @ np.linalg.solve(z @ z.T + self.alpha * np.eye(n), rc)
+        alpha = loo_alpha(z, rc, self.ALPHAS) if self.alpha == "auto" else float(self.alpha)
+        self.picked[task] = alpha
+        if not math.isfinite(alpha):
+            w = np.zeros(d)
+        elif n <= d:  # dual form: an n x n system
+            w = z.T @ np.linalg.solve(z @ z.T + alpha * np.eye(n), rc)
         else:
-            w = np.linalg.solve(z.T @ z + self.alpha * np.eye(d), z.T @ rc)
+            w = np.linalg.solve(z.T @ z + alpha * np.eye(d), z.T @ rc)
         return mu, sd, w, b
 
     def __call__(self, task: Any, emb: np.ndarray, prior: np.ndarray | None = None) -> np.ndarray:
@@ -674,7 +685,7 @@ class OnlineCorrection:
         if state.get("kind", "ridge") != "ridge":
             raise ValueError(f"OnlineCorrection.load_state_dict: the saved correction is a {state['kind']!r} one; "
                              f"load it with gnn.online={state['kind']}")
-        self.alpha = float(state.get("alpha", self.alpha))
+        self.alpha = parse_alpha(state.get("alpha", self.alpha), "OnlineCorrection.load_state_dict")
         self._records.clear()
         self._fits = {k: (np.asarray(mu), np.asarray(sd), np.asarray(w), float(b))
                       for k, mu, sd, w, b in state.get("fits") or []}
@@ -705,7 +716,7 @@ class GPCorrection(OnlineCorrection):
         super().__init__(history=history)  # the records and fits; the ridge's alpha goes unused
         self.kappa = float(kappa)
 
-    def _fit(self, e: np.ndarray, r: np.ndarray, p: np.ndarray) -> tuple:
+    def _fit(self, e: np.ndarray, r: np.ndarray, p: np.ndarray, task: Any = None) -> tuple:
         # how much of the prior's own ranking holds on this task: measured ~ a * prior, a = 1 + beta
         # fitted by least squares, shrunk toward 1 while records are few, within [0, 1.5]
         pm = float(p.mean())
@@ -776,6 +787,39 @@ class GPCorrection(OnlineCorrection):
         self._fits.clear()
         for k, e, r, p in state.get("records") or []:
             self.add(k, np.asarray(e), np.asarray(r) + np.asarray(p), np.asarray(p))
+
+
+def loo_alpha(z: np.ndarray, rc: np.ndarray, alphas: Sequence[float], min_records: int = 4) -> float:
+    """The ridge penalty among ``alphas`` (or ``inf``: no slope, the mean only) whose fit of the centred
+    residuals ``rc`` [n] on the centred, standardized embeddings ``z`` [n, d] (plus an unpenalized
+    intercept) has the smallest exact leave-one-out squared error (a linear smoother's LOO residual is
+    its residual / (1 - leverage)); ties go to the larger penalty. Below ``min_records`` it is ``inf``."""
+    n = rc.size
+    if n < min_records:
+        return math.inf
+    u, s, _ = np.linalg.svd(z, full_matrices=False)
+    uy, s2, u2 = u.T @ rc, s * s, u * u
+    best, best_err = math.inf, float(np.mean((rc * (n / (n - 1))) ** 2))
+    for a in sorted(alphas, reverse=True):
+        f = s2 / (s2 + a)
+        h = u2 @ f + 1.0 / n
+        err = float(np.mean(((rc - u @ (f * uy)) / np.maximum(1.0 - h, 1e-9)) ** 2))
+        if err < best_err * (1 - 1e-9):
+            best, best_err = float(a), err
+    return best
+
+
+def parse_alpha(alpha: float | str, who: str) -> float | str:
+    """A ridge penalty as given (a number > 0, or ``"auto"``); a one-line error naming ``who`` otherwise."""
+    if isinstance(alpha, str) and alpha.strip().lower() == "auto":
+        return "auto"
+    try:
+        a = float(alpha)
+    except (TypeError, ValueError):
+        a = float("nan")
+    if not a > 0:
+        raise ValueError(f"{who}: alpha must be a number > 0 or 'auto' (got {alpha!r})")
+    return a
 
 
 def _sqdist(a: np.ndarray, b: np.ndarray) -> np.ndarray:

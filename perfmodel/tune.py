@@ -95,8 +95,11 @@ def run_settings(cfg: Any) -> dict[str, Any] | None:
     besides the weights (threads and workers change only the speed)."""
     if str(cfg.cost_model) != "gnn":
         return None
+    from perfmodel.predictor import parse_alpha
+
     g = cfg.gnn
-    return {"frozen": bool(g.frozen), "online": str(g.online), "ridge_alpha": float(g.ridge_alpha),
+    return {"frozen": bool(g.frozen), "online": str(g.online),
+            "ridge_alpha": parse_alpha(g.ridge_alpha, "gnn.ridge_alpha"),
             "gp_kappa": float(g.gp_kappa), "update_every": int(g.update_every), "steps": int(g.steps),
             "lr": float(g.lr), "explore": float(g.get("explore") or 0.0)}
 

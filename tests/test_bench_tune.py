@@ -154,6 +154,8 @@ def test_a_finished_gnn_run_of_other_options_is_never_read_back(bench, tmp_path:
     assert bench.run_one(wd, ov)["resumed"] is True
     with pytest.raises(SystemExit, match="tuned with GNN options"):  # and an override that changes them is seen
         bench.run_one(wd, [*ov, "gnn.explore=2.0"])
+    with pytest.raises(SystemExit, match="tuned with GNN options .*'ridge_alpha': 'auto'"):  # a picked penalty
+        bench.run_one(wd, [*ov, "gnn.ridge_alpha=auto"])
 
 
 def test_scoring_throughput_is_read_back_only_for_the_same_weights(bench, tmp_path: Path, monkeypatch) -> None:

@@ -13,7 +13,7 @@ from perfmodel.featurize.schema import EDGE_FEATURES, NODE_FEATURES, SCHEMA_VERS
 from perfmodel.models import build_model
 from perfmodel import predictor as predictor_mod
 from perfmodel.predictor import (CheckpointError, GPCorrection, MeasuredBuffer, OnlineCorrection, Predictor,
-                                 load_predictor)
+                                 load_predictor, loo_alpha)
 from perfmodel.training.synthetic import SyntheticDataset
 
 torch.set_num_threads(1)  # tiny graphs on a shared 2-core machine: more threads only contend
@@ -348,6 +348,70 @@ def test_online_correction_fits_a_linear_residual_and_round_trips() -> None:
         c("A", emb[:, :5])
     with pytest.raises(ValueError, match="alpha"):
         OnlineCorrection(alpha=0)
+
+
+def _brute_loo(z: np.ndarray, rc: np.ndarray, alpha: float) -> float:
+    """Leave-one-out squared error of ridge with an unpenalized intercept, each record refitted without it."""
+    errs = []
+    for i in range(len(rc)):
+        keep = np.arange(len(rc)) != i
+        x = np.hstack([np.ones((keep.sum(), 1)), z[keep]])
+        pen = np.diag([0.0] + [alpha] * z.shape[1]) if np.isfinite(alpha) else None
+        if pen is None:  # no slope: the mean of the others
+            errs.append((rc[i] - rc[keep].mean()) ** 2)
+            continue
+        beta = np.linalg.solve(x.T @ x + pen, x.T @ rc[keep])
+        errs.append((rc[i] - beta[0] - z[i] @ beta[1:]) ** 2)
+    return float(np.mean(errs))
+
+
+def test_loo_alpha_is_the_penalty_with_the_smallest_leave_one_out_error() -> None:
+    """``loo_alpha``'s closed form picks what refitting without each record picks; residuals that are
+    noise keep the prior (no slope or a stiff one), residuals linear in the embedding get a weak
+    penalty; too few records keep the prior."""
+    rng = np.random.default_rng(3)
+    alphas = OnlineCorrection.ALPHAS
+    for n, d, signal in ((12, 20, 1.0), (40, 6, 0.3), (30, 8, 0.0)):
+        z = rng.normal(size=(n, d))
+        z = (z - z.mean(0)) / z.std(0)
+        r = z @ rng.normal(size=d) * signal + rng.normal(size=n) * 0.3
+        rc = r - r.mean()
+        brute = {a: _brute_loo(z, rc, a) for a in (*alphas, np.inf)}
+        assert brute[loo_alpha(z, rc, alphas)] == pytest.approx(min(brute.values()), rel=1e-6)
+    z = rng.normal(size=(48, 16))
+    z = (z - z.mean(0)) / z.std(0)
+    noise = rng.normal(size=48)
+    assert loo_alpha(z, noise - noise.mean(), alphas) >= 1000
+    lin = z @ rng.normal(size=16) + 0.05 * noise
+    assert loo_alpha(z, lin - lin.mean(), alphas) <= 10
+    assert loo_alpha(z[:3], lin[:3] - lin[:3].mean(), alphas) == np.inf
+
+
+def test_online_correction_auto_alpha_learns_a_signal_and_ignores_noise() -> None:
+    """``alpha="auto"``: a task whose residual is linear in the embedding is learned as with a weak
+    penalty; a task whose residual is noise gets (almost) only its mean residual, where a fixed weak
+    penalty chases the noise; the choice is kept per task, and the setting round-trips."""
+    rng = np.random.default_rng(4)
+    emb = rng.normal(size=(80, 8))
+    prior = rng.normal(size=80)
+    lin = prior + emb @ rng.normal(size=8) * 0.5 + 0.3
+    noisy = prior + rng.normal(size=80) * 0.5 + 0.3
+    auto, weak = OnlineCorrection(alpha="auto"), OnlineCorrection(alpha=1.0)
+    for c in (auto, weak):
+        c.add("lin", emb[:40], lin[:40], prior[:40])
+        c.add("noise", emb[:40], noisy[:40], prior[:40])
+    mse = lambda c, t, y: float(np.mean((prior[40:] + c(t, emb[40:]) - y[40:]) ** 2))  # noqa: E731
+    assert mse(auto, "lin", lin) < 0.1 * np.mean((prior[40:] - lin[40:]) ** 2)
+    assert auto.picked["lin"] <= 10 and auto.picked["noise"] >= 1000
+    assert mse(auto, "noise", noisy) < mse(weak, "noise", noisy)
+    assert np.std(auto("noise", emb[40:])) < 0.5 * np.std(weak("noise", emb[40:]))
+    back = OnlineCorrection(alpha=5.0)
+    back.load_state_dict(auto.state_dict())
+    assert back.alpha == "auto" and np.allclose(back("lin", emb[40:]), auto("lin", emb[40:]))
+    assert OnlineCorrection(alpha=" Auto ").alpha == "auto" and OnlineCorrection(alpha="30").alpha == 30.0
+    for bad in ("often", -1, None):
+        with pytest.raises(ValueError, match="alpha must be a number > 0 or 'auto'"):
+            OnlineCorrection(alpha=bad)
 
 
 def test_gp_correction_learns_a_local_residual_that_a_plane_cannot() -> None:

@@ -56,7 +56,8 @@ class GNNCostModel(ms.cost_model.PyCostModel):
         predictor: use this predictor instead of loading ``path``.
         frozen: never learn from the search's measurements.
         online: ``"ridge"`` or ``"gp"`` (per-task correction on the embeddings) or ``"finetune"`` (the network).
-        ridge_alpha: ridge penalty of the correction (default: ``OnlineCorrection``'s ``alpha``).
+        ridge_alpha: ridge penalty of the correction (default: ``OnlineCorrection``'s ``alpha``); ``"auto"``:
+            picked per task at every refit by leave-one-out (``stats.ridge_alphas`` lists the picks).
         gp_kappa: ``online="gp"``: weight of the GP's posterior spread (default: ``GPCorrection``'s ``kappa``).
         update_every: fine-tune after every this many ``update`` calls (``online="finetune"``).
         steps: optimizer steps per fine-tuning.
@@ -80,7 +81,7 @@ class GNNCostModel(ms.cost_model.PyCostModel):
                  frozen: bool = False, update_every: int = 1, steps: int = 20, lr: float = 1e-4,
                  history: int = 4096, batch_size: int = 1024, threads: int | None = None,
                  feature_cache: int = 8192, explore: float = 0.0, online: str = "ridge",
-                 ridge_alpha: float | None = None, gp_kappa: float | None = None,
+                 ridge_alpha: float | str | None = None, gp_kappa: float | None = None,
                  featurize_workers: int = 1) -> None:
         super().__init__()
         if online not in ("ridge", "gp", "finetune"):
@@ -176,6 +177,9 @@ class GNNCostModel(ms.cost_model.PyCostModel):
                                                        target=task["target"])
                 self.correction.add(task["key"], emb, [math.log(secs[ok[j]]) for j in have], prior)
                 self.stats.corrections += 1
+                if self.correction.alpha == "auto":  # None: no slope (the mean residual only)
+                    a = self.correction.picked.get(task["key"], math.inf)
+                    self.stats.ridge_alphas.append(a if math.isfinite(a) else None)
             return
         self.buffer.add(datas, [math.log(secs[i]) for i in ok], task["id"])
         if self._updates % self.update_every == 0 and len(self.buffer) >= 2:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -37,6 +37,8 @@ class CostModelStats:
             in the tuning process instead (GNN only).
         cache_hits: candidates scored with the features of a schedule scored before (the same object or
             the same module; GNN only): not featurized again.
+        ridge_alphas: the penalty the GNN's ridge correction picked at each refit with
+            ``ridge_alpha="auto"`` (``None``: no slope, the mean residual only).
     """
 
     predict_calls: int = 0
@@ -53,6 +55,7 @@ class CostModelStats:
     featurized_by_workers: int = 0
     worker_failures: int = 0
     cache_hits: int = 0
+    ridge_alphas: list[float | None] = field(default_factory=list)
 
     @property
     def model_s(self) -> float:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from perfmodel._tvm import load_ms
-from perfmodel.predictor import CheckpointError, Predictor
+from perfmodel.predictor import CheckpointError, OnlineCorrection, Predictor
 from perfmodel.plugin import DEFAULT_CHECKPOINT, GNNCostModel, TimedCostModel, make_cost_model
 
 torch.set_num_threads(1)  # tiny graphs on a shared 2-core machine: more threads only contend
@@ -188,6 +188,26 @@ def test_ridge_correction_learns_the_task_in_milliseconds(gnn_ckpt: Path, space,
     assert np.allclose(model.predict(space.ctx, candidates), other.predict(space.ctx, candidates), rtol=1e-9)
     with pytest.raises(ValueError, match="online"):
         GNNCostModel.from_checkpoint(gnn_ckpt, online="sgd")
+
+
+def test_ridge_alpha_auto_picks_a_penalty_per_refit(gnn_ckpt: Path, space, candidates: list) -> None:
+    """ridge_alpha="auto": every refit picks the task's penalty by leave-one-out and the stats list the
+    picks (None = the mean residual only); a fixed penalty lists none; a bad one is one clear error."""
+    model = GNNCostModel.from_checkpoint(gnn_ckpt, ridge_alpha="auto")
+    results = _results(len(candidates), failed=(2, 3))
+    for _ in range(2):
+        model.update(space.ctx, candidates, results)
+    key = model._task(space.ctx)["key"]
+    picked = model.correction.picked[key]
+    assert len(model.stats.ridge_alphas) == 2 and model.stats.corrections == 2
+    assert model.stats.ridge_alphas[-1] == (picked if np.isfinite(picked) else None)
+    assert picked in (*OnlineCorrection.ALPHAS, np.inf)
+    assert np.isfinite(model.predict(space.ctx, candidates)).all()
+    fixed = GNNCostModel.from_checkpoint(gnn_ckpt, ridge_alpha=30.0)
+    fixed.update(space.ctx, candidates, results)
+    assert fixed.stats.ridge_alphas == [] and fixed.correction.picked[key] == 30.0
+    with pytest.raises(ValueError, match="alpha must be a number > 0 or 'auto'"):
+        GNNCostModel.from_checkpoint(gnn_ckpt, ridge_alpha="sometimes")
 
 
 def test_a_failing_candidate_gets_the_fallback(gnn_ckpt: Path, space, candidates: list, caplog,
