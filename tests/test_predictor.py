@@ -390,7 +390,8 @@ def test_loo_alpha_is_the_penalty_with_the_smallest_leave_one_out_error() -> Non
 def test_online_correction_auto_alpha_learns_a_signal_and_ignores_noise() -> None:
     """``alpha="auto"``: a task whose residual is linear in the embedding is learned as with a weak
     penalty; a task whose residual is noise gets (almost) only its mean residual, where a fixed weak
-    penalty chases the noise; the choice is kept per task, and the setting round-trips."""
+    penalty chases the noise; the choice is kept per task; far from the records the correction stays
+    within the residuals seen; the setting round-trips."""
     rng = np.random.default_rng(4)
     emb = rng.normal(size=(80, 8))
     prior = rng.normal(size=80)
@@ -405,9 +406,14 @@ def test_online_correction_auto_alpha_learns_a_signal_and_ignores_noise() -> Non
     assert auto.picked["lin"] <= 10 and auto.picked["noise"] >= 1000
     assert mse(auto, "noise", noisy) < mse(weak, "noise", noisy)
     assert np.std(auto("noise", emb[40:])) < 0.5 * np.std(weak("noise", emb[40:]))
+    # far from every measured record it does not extrapolate beyond the residuals it saw; a fixed penalty does
+    far, res = emb[40:] * 50, lin[:40] - prior[:40]
+    assert res.min() - 1e-9 <= auto("lin", far).min() and auto("lin", far).max() <= res.max() + 1e-9
+    assert np.abs(weak("lin", far)).max() > 5 * np.abs(res).max()
     back = OnlineCorrection(alpha=5.0)
     back.load_state_dict(auto.state_dict())
     assert back.alpha == "auto" and np.allclose(back("lin", emb[40:]), auto("lin", emb[40:]))
+    assert np.allclose(back("lin", far), auto("lin", far))
     assert OnlineCorrection(alpha=" Auto ").alpha == "auto" and OnlineCorrection(alpha="30").alpha == 30.0
     for bad in ("often", -1, None):
         with pytest.raises(ValueError, match="alpha must be a number > 0 or 'auto'"):
