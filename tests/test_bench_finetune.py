@@ -51,4 +51,4 @@ def test_a_ridge_policy_names_its_penalty() -> None:
     assert bench.policy_model("ridge0.5", None).inner._new_correction().alpha == 0.5
     from perfmodel.predictor import OnlineCorrection
 
-    assert bench.policy_model("ridge", None).inner._new_correction().alpha == OnlineCorrection().alpha == 10.0
+    assert bench.policy_model("ridge", None).inner._new_correction().alpha == OnlineCorrection().alpha == "auto"

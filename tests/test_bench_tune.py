@@ -143,7 +143,7 @@ def test_a_finished_gnn_run_of_other_options_is_never_read_back(bench, tmp_path:
                                                      "checkpoint": checkpoint_id(ckpt), "gnn_settings": gnn_settings}))
 
     # run when the default ridge penalty was another: not this configuration's run, though no override differs
-    stored(ov, {**opts, "ridge_alpha": opts["ridge_alpha"] * 100})
+    stored(ov, {**opts, "ridge_alpha": 1000.0})
     with pytest.raises(SystemExit, match="tuned with GNN options .*ridge_alpha.*they are now .*another --out"):
         bench.run_one(wd, ov)
     stored(ov, None)  # a summary that does not say
@@ -154,8 +154,8 @@ def test_a_finished_gnn_run_of_other_options_is_never_read_back(bench, tmp_path:
     assert bench.run_one(wd, ov)["resumed"] is True
     with pytest.raises(SystemExit, match="tuned with GNN options"):  # and an override that changes them is seen
         bench.run_one(wd, [*ov, "gnn.explore=2.0"])
-    with pytest.raises(SystemExit, match="tuned with GNN options .*'ridge_alpha': 'auto'"):  # a picked penalty
-        bench.run_one(wd, [*ov, "gnn.ridge_alpha=auto"])
+    with pytest.raises(SystemExit, match="tuned with GNN options .*'ridge_alpha': 10.0"):  # a fixed penalty
+        bench.run_one(wd, [*ov, "gnn.ridge_alpha=10"])
 
 
 def test_scoring_throughput_is_read_back_only_for_the_same_weights(bench, tmp_path: Path, monkeypatch) -> None:
