@@ -601,10 +601,11 @@ class OnlineCorrection:
             10 ended live tuning on Zen 5 (4 tasks x 2 seeds, 256 trials) at 0.90x the final best of
             1000, unsticking runs where the prior was sure of a slow region, but reached XGB's final
             later where the prior was right. ``"auto"`` (the default): the same finals as 10 (0.999x,
-            geometric mean) and XGB's final reached with a median 3.66x fewer trials than XGB (10:
-            0.74x; RESULTS.md). It is picked per task at every refit from ``ALPHAS`` (or no slope at all) by the exact leave-one-out error of the
-            task's own records, so a task whose residuals are noise keeps the prior and one where the
-            prior is systematically wrong lets its measurements speak (``picked``: the last choice).
+            geometric mean), and XGB's final reached in 3.66x fewer trials than XGB needs (median; 10:
+            0.74x; RESULTS.md). It is picked per task at every refit from ``ALPHAS`` (or no slope at
+            all) by the exact leave-one-out error of the task's own records, so a task whose residuals
+            are noise keeps the prior and one where the prior is systematically wrong lets its
+            measurements speak (``picked``: the last choice).
             Leave-one-out judges the fit inside the measured cloud only, so with ``"auto"`` the
             correction is also kept from extrapolating: no embedding unit is scaled up by more than
             twice the typical unit's (units nearly constant over the records would otherwise turn a

@@ -177,7 +177,7 @@ class GNNCostModel(ms.cost_model.PyCostModel):
                                                        target=task["target"])
                 self.correction.add(task["key"], emb, [math.log(secs[ok[j]]) for j in have], prior)
                 self.stats.corrections += 1
-                if self.correction.alpha == "auto":  # None: no slope (the mean residual only)
+                if self.online == "ridge" and self.correction.alpha == "auto":  # None: no slope (mean only)
                     a = self.correction.picked.get(task["key"], math.inf)
                     self.stats.ridge_alphas.append(a if math.isfinite(a) else None)
             return

@@ -206,6 +206,9 @@ def test_ridge_alpha_auto_picks_a_penalty_per_refit(gnn_ckpt: Path, space, candi
     fixed = GNNCostModel.from_checkpoint(gnn_ckpt, ridge_alpha=30.0)
     fixed.update(space.ctx, candidates, results)
     assert fixed.stats.ridge_alphas == [] and fixed.correction.picked[key] == 30.0
+    gp = GNNCostModel.from_checkpoint(gnn_ckpt, online="gp")  # a GP picks no penalty: none listed
+    gp.update(space.ctx, candidates, results)
+    assert gp.stats.corrections == 1 and gp.stats.ridge_alphas == []
     with pytest.raises(ValueError, match="alpha must be a number > 0 or 'auto'"):
         GNNCostModel.from_checkpoint(gnn_ckpt, ridge_alpha="sometimes")
 
