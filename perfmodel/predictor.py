@@ -808,6 +808,94 @@ class GPCorrection(OnlineCorrection):
             self.add(k, np.asarray(e), np.asarray(r) + np.asarray(p), np.asarray(p))
 
 
+class RoundDiversity:
+    """Near-duplicates of a search round's leading candidates made to look slower (local penalization).
+
+    MetaSchedule measures the ``trials_per_iter`` best-scored schedules of a round, and a confident
+    model gives them all to one corner of the space: on the MobileNetV2 depthwise conv the GNN's
+    16 picks of a round shared one tiling of the W axis in every round of a run that never found the
+    fast kernels (XGB, still untrained, spreads its first rounds over 9-13). Batch Bayesian
+    optimisation answers this with local penalization; here, in the model's embedding space: every
+    candidate scored in a round is compared with the round's ``leaders`` (the best ``leaders``
+    distinct, unmeasured candidates scored so far, by penalized log time) that the model predicts at
+    least as fast (before their own penalty), and ``weight * sum(exp(-(d / r)^2))`` log seconds are
+    added to its prediction
+    (``d``: distance in embedding units, ``r``: a low quantile of the distances between candidates of
+    the task's first population). Candidates in the same place as a measured one (the search
+    re-scores its measured bests every round) never lead, so refining around the best is not
+    penalized; the same candidate scored again is not penalized by itself. ``reset`` starts a round.
+
+    Args:
+        weight: log seconds added per identical leader (0: off).
+        leaders: leaders kept per round (the search's measurements per round).
+        radius_quantile: quantile of the first population's pairwise distances used as ``r``.
+    """
+
+    def __init__(self, *, weight: float, leaders: int = 16, radius_quantile: float = 0.05) -> None:
+        if not weight >= 0:
+            raise ValueError(f"RoundDiversity: weight must be >= 0 (got {weight!r})")
+        self.weight, self.leaders, self.quantile = float(weight), max(1, int(leaders)), float(radius_quantile)
+        self._scale: dict[Any, tuple[np.ndarray, float]] = {}  # task -> (unit per embedding dim, radius)
+        self._lead: dict[Any, tuple[np.ndarray, ...]] = {}  # task -> leaders' units [k, E], log times, penalized [k]
+        self._measured: dict[Any, np.ndarray] = {}  # task -> measured candidates' units [m, E]
+
+    def reset(self, task: Any) -> None:
+        """A new round of ``task``: its leaders are forgotten."""
+        self._lead.pop(task, None)
+
+    def measured(self, task: Any, emb: np.ndarray) -> None:
+        """Embeddings [n, E] of ``task``'s measured candidates: never leaders from now on."""
+        z = self._units(task, np.asarray(emb, dtype=np.float64))
+        old = self._measured.get(task)
+        self._measured[task] = z if old is None else np.concatenate([old, z])
+
+    def __call__(self, task: Any, emb: np.ndarray, log_t: np.ndarray) -> np.ndarray:
+        """Log seconds [N] to add to the predictions ``log_t`` [N] of candidates with embeddings ``emb`` [N, E]."""
+        emb, log_t = np.asarray(emb, dtype=np.float64), np.asarray(log_t, dtype=np.float64)
+        pen = np.zeros(len(log_t))
+        if self.weight == 0 or len(log_t) == 0:
+            return pen
+        z = self._units(task, emb)
+        _, r = self._scale[task]
+        same = (1e-3 * r) ** 2  # closer than this: the same candidate (the forward pass is not bit-exact)
+        meas = self._measured.get(task)
+        measured = (np.zeros(len(z), bool) if meas is None or not len(meas)
+                    else (_sqdist(z, meas) <= same).any(1))
+        lz, lraw, ly = (list(a) for a in self._lead.get(task, (np.zeros((0, z.shape[1])), np.zeros(0), np.zeros(0))))
+        for i in np.argsort(log_t, kind="stable"):
+            if not np.isfinite(log_t[i]):
+                continue
+            d2 = ((np.asarray(lz) - z[i]) ** 2).sum(1) if lz else np.zeros(0)
+            if lz:  # leaders predicted at least as fast (before their own penalty), not the candidate itself
+                near = (np.asarray(lraw) <= log_t[i]) & (d2 > same)
+                pen[i] = self.weight * float(np.exp(-d2[near] / (r * r)).sum())
+            y = log_t[i] + pen[i]
+            if measured[i] or (len(d2) and (d2 <= same).any()):
+                continue  # a measured candidate, or a leader already
+            if len(lz) < self.leaders:
+                lz.append(z[i]), lraw.append(log_t[i]), ly.append(y)
+            elif y < max(ly):
+                w = int(np.argmax(ly))
+                lz[w], lraw[w], ly[w] = z[i], log_t[i], y
+        self._lead[task] = (np.asarray(lz), np.asarray(lraw), np.asarray(ly))
+        return pen
+
+    def _units(self, task: Any, emb: np.ndarray) -> np.ndarray:
+        """Embeddings in the task's units (fixed at its first population, so distances compare across calls)."""
+        if task not in self._scale:
+            sd = emb.std(0) if len(emb) > 1 else np.ones(emb.shape[1])
+            sd = np.maximum(sd, max(float(np.median(sd)), 1e-6))  # no near-constant dimension dominates
+            z = emb / sd
+            rng = np.random.default_rng(0)
+            n = len(z)
+            i, j = rng.integers(0, n, 4096), rng.integers(0, n, 4096)
+            d = np.sqrt(((z[i] - z[j]) ** 2).sum(1))
+            d = d[d > 0]
+            r = float(np.quantile(d, self.quantile)) if len(d) else 1.0
+            self._scale[task] = (sd, max(r, 1e-6))
+        return emb / self._scale[task][0]
+
+
 def loo_alpha(z: np.ndarray, rc: np.ndarray, alphas: Sequence[float], min_records: int = 4) -> float:
     """The ridge penalty among ``alphas`` (or ``inf``: no slope, the mean only) whose fit of the centred
     residuals ``rc`` [n] on the centred, standardized embeddings ``z`` [n, d] (plus an unpenalized

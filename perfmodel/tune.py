@@ -101,7 +101,8 @@ def run_settings(cfg: Any) -> dict[str, Any] | None:
     return {"frozen": bool(g.frozen), "online": str(g.online),
             "ridge_alpha": parse_alpha(g.ridge_alpha, "gnn.ridge_alpha"),
             "gp_kappa": float(g.gp_kappa), "update_every": int(g.update_every), "steps": int(g.steps),
-            "lr": float(g.lr), "explore": float(g.get("explore") or 0.0)}
+            "lr": float(g.lr), "explore": float(g.get("explore") or 0.0),
+            **({"diversity": div} if (div := float(g.get("diversity") or 0.0)) else {})}  # listed only when on
 
 
 def run_checkpoint(cfg: Any) -> dict[str, str] | None:

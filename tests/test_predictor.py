@@ -13,7 +13,7 @@ from perfmodel.featurize.schema import EDGE_FEATURES, NODE_FEATURES, SCHEMA_VERS
 from perfmodel.models import build_model
 from perfmodel import predictor as predictor_mod
 from perfmodel.predictor import (CheckpointError, GPCorrection, MeasuredBuffer, OnlineCorrection, Predictor,
-                                 load_predictor, loo_alpha)
+                                 RoundDiversity, load_predictor, loo_alpha)
 from perfmodel.training.synthetic import SyntheticDataset
 
 torch.set_num_threads(1)  # tiny graphs on a shared 2-core machine: more threads only contend
@@ -468,6 +468,39 @@ def test_gp_correction_learns_a_local_residual_that_a_plane_cannot() -> None:
         OnlineCorrection().load_state_dict(gp.state_dict())
     with pytest.raises(ValueError, match="kappa"):
         GPCorrection(kappa=-1)
+
+
+def test_round_diversity_penalizes_near_duplicates_of_the_round_leaders() -> None:
+    """A confident model's best candidates all sit in one tight cluster: plain scores measure only that
+    cluster, penalized ones also the next cluster; a candidate is not penalized by itself or by slower
+    ones; measured candidates never lead; a new round forgets the leaders; weight 0 changes nothing."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(scale=10.0, size=(4, 8))
+    emb = np.concatenate([c + rng.normal(scale=0.3, size=(30, 8)) for c in centres])
+    log_t = np.concatenate([k * 0.5 + rng.normal(scale=0.05, size=30) for k in range(4)])  # cluster 0 fastest
+    cluster = np.repeat(np.arange(4), 30)
+    div = RoundDiversity(weight=1.0, leaders=8, radius_quantile=0.2)
+    pen = div("T", emb, log_t)
+    assert pen.shape == (120,) and (pen >= 0).all()
+    top = lambda y: set(cluster[np.argsort(y)[:8]].tolist())  # noqa: E731
+    assert top(log_t) == {0} and top(log_t + pen) >= {0, 1}
+    assert pen[np.argmin(log_t)] == 0.0  # the best candidate has no one ahead of it
+    assert pen[cluster == 0].mean() > 0.5  # its neighbours (as fast) each sit next to several leaders
+    assert pen[cluster == 3].max() < 1e-6  # far from every leader
+    again = div("T", emb, log_t)  # the same population scored again in the same round
+    assert again[np.argmin(log_t)] == 0.0 and again[cluster == 0].mean() > 0.5
+    # a measured best is not a leader: its neighbours are not pushed away from it
+    div2 = RoundDiversity(weight=1.0, leaders=8, radius_quantile=0.2)
+    div2("T", emb[60:], log_t[60:])  # the task's units from a first population
+    div2.reset("T")
+    div2.measured("T", emb[cluster == 0])
+    pen2 = div2("T", emb, log_t)
+    assert pen2[cluster == 0].max() < 1e-6 and pen2[cluster == 1].mean() > 0.5
+    div2.reset("T")
+    assert div2("T", emb[cluster == 1][:1], log_t[cluster == 1][:1])[0] == 0.0  # a new round: no leaders
+    assert np.array_equal(RoundDiversity(weight=0.0)("T", emb, log_t), np.zeros(120))
+    with pytest.raises(ValueError, match="weight must be >= 0"):
+        RoundDiversity(weight=-1.0)
 
 
 def test_embeddings_and_the_corrected_prediction_of_an_ensemble(target) -> None:

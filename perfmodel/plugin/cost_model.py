@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,8 @@ from perfmodel._tvm import load_ms
 from perfmodel.collect.database import FAILED
 from perfmodel.collect.measure import label_secs
 from perfmodel.featurize.forked import STATS as FORKS
-from perfmodel.predictor import (DEFAULT_CHECKPOINT, FeatureCache, GPCorrection, MeasuredBuffer, OnlineCorrection, Predictor, flops_of,
-                                 load_predictor)
+from perfmodel.predictor import (DEFAULT_CHECKPOINT, FeatureCache, GPCorrection, MeasuredBuffer, OnlineCorrection, Predictor,
+                                 RoundDiversity, flops_of, load_predictor)
 from perfmodel.plugin.timed import CostModelStats, TimedCostModel
 
 ms = load_ms()
@@ -75,6 +76,9 @@ class GNNCostModel(ms.cost_model.PyCostModel):
         explore: exploration from doubt: score ``mean - explore * std`` of the ensemble members'
             log times (0: the plain mean; a single model has no spread). Default off until
             bench_tune shows it reaching XGB's best sooner (``--models gnn,gnn-explore,...``).
+        diversity: log seconds added to a candidate per near-duplicate among the round's leading
+            candidates (:class:`~perfmodel.predictor.RoundDiversity`; 0: off), so that one round's
+            measurements do not all go to one corner of the space.
     """
 
     def __init__(self, *, path: str | Path | None = None, predictor: Predictor | None = None,
@@ -82,7 +86,7 @@ class GNNCostModel(ms.cost_model.PyCostModel):
                  history: int = 4096, batch_size: int = 1024, threads: int | None = None,
                  feature_cache: int = 8192, explore: float = 0.0, online: str = "ridge",
                  ridge_alpha: float | str | None = None, gp_kappa: float | None = None,
-                 featurize_workers: int = 1) -> None:
+                 featurize_workers: int = 1, diversity: float = 0.0) -> None:
         super().__init__()
         if online not in ("ridge", "gp", "finetune"):
             raise ValueError(f"GNNCostModel: online must be 'ridge', 'gp' or 'finetune' (got {online!r})")
@@ -97,6 +101,7 @@ class GNNCostModel(ms.cost_model.PyCostModel):
             ({} if gp_kappa is None else {"kappa": gp_kappa}) if online == "gp" else
             {"history": history, **({} if ridge_alpha is None else {"alpha": ridge_alpha})})
         self.correction = self._new_correction()
+        self.diversity = RoundDiversity(weight=diversity)
         self.stats = CostModelStats()  # its own counters here; TimedCostModel fills the rest of the same object
         self.buffer = MeasuredBuffer(history=history)
         self.features = FeatureCache(size=feature_cache)
@@ -152,7 +157,7 @@ class GNNCostModel(ms.cost_model.PyCostModel):
         before = (FORKS.child_items, FORKS.redone, self.features.hits)
         log_t = self.predictor.predict_schedules([c.sch for c in candidates], flops=task["flops"],
                                                  batch_size=self.batch_size, cache=cache, explore=self.explore,
-                                                 target=task["target"], correction=self.correction.bound(task["key"]))
+                                                 target=task["target"], correction=self._adjustment(task["key"]))
         self.stats.featurized_by_workers += FORKS.child_items - before[0]
         self.stats.worker_failures += FORKS.redone - before[1]
         self.stats.cache_hits += self.features.hits - before[2]
@@ -164,6 +169,7 @@ class GNNCostModel(ms.cost_model.PyCostModel):
         if len(candidates) != len(results):
             raise ValueError(f"update: {len(candidates)} candidates but {len(results)} results")
         self._updates += 1
+        self.diversity.reset(self._task(context)["key"])  # the next predict starts a new search round
         secs = [_secs(r) for r in results]
         ok = [i for i, s in enumerate(secs) if s is not None]
         if self.frozen or not ok:
@@ -176,6 +182,7 @@ class GNNCostModel(ms.cost_model.PyCostModel):
                 prior, emb = self.predictor.embed_data([datas[j] for j in have], batch_size=self.batch_size,
                                                        target=task["target"])
                 self.correction.add(task["key"], emb, [math.log(secs[ok[j]]) for j in have], prior)
+                self.diversity.measured(task["key"], emb)
                 self.stats.corrections += 1
                 if self.online == "ridge" and self.correction.alpha == "auto":  # None: no slope (mean only)
                     a = self.correction.picked.get(task["key"], math.inf)
@@ -189,6 +196,19 @@ class GNNCostModel(ms.cost_model.PyCostModel):
             self.stats.fine_tune_steps += self.steps
 
     # ------------------------------------------------------------ internals
+    def _adjustment(self, key: int) -> Callable[[np.ndarray, np.ndarray], np.ndarray] | None:
+        """What ``predict_features`` adds to the network's log times of task ``key``: its online correction,
+        then the round's diversity penalty on the corrected times (``None``: neither applies yet)."""
+        corr = self.correction.bound(key)
+        if not self.diversity.weight:
+            return corr
+
+        def adjust(emb: np.ndarray, log_t: np.ndarray) -> np.ndarray:
+            c = corr(emb, log_t) if corr is not None else np.zeros(len(log_t))
+            return c + self.diversity(key, emb, log_t + c)
+
+        return adjust
+
     def _task(self, context: Any) -> dict[str, Any]:
         import tvm_ffi
 

@@ -213,6 +213,23 @@ def test_ridge_alpha_auto_picks_a_penalty_per_refit(gnn_ckpt: Path, space, candi
         GNNCostModel.from_checkpoint(gnn_ckpt, ridge_alpha="sometimes")
 
 
+def test_diversity_pushes_down_near_duplicates_of_a_rounds_leaders(gnn_ckpt: Path, space, candidates: list) -> None:
+    """gnn.diversity: within a search round a candidate close (in the model's embedding space) to a
+    better-scored one scores lower; the best keeps its score; measured candidates never lead, so once
+    the round's candidates are measured they are scored as without diversity."""
+    plain = GNNCostModel.from_checkpoint(gnn_ckpt)
+    div = GNNCostModel.from_checkpoint(gnn_ckpt, diversity=1.0)
+    a, b = plain.predict(space.ctx, candidates), div.predict(space.ctx, candidates)
+    assert np.all(b <= a * (1 + 1e-5)) and b.max() == pytest.approx(a.max(), rel=1e-5)  # float32 forward paths
+    assert (b < a * np.exp(-0.3)).any()  # the closest pair's slower member: at least weight * e^-1
+    results = _results(len(candidates))
+    plain.update(space.ctx, candidates, results)
+    div.update(space.ctx, candidates, results)
+    assert np.allclose(div.predict(space.ctx, candidates), plain.predict(space.ctx, candidates), rtol=1e-6)
+    with pytest.raises(ValueError, match="weight must be >= 0"):
+        GNNCostModel.from_checkpoint(gnn_ckpt, diversity=-1.0)
+
+
 def test_a_failing_candidate_gets_the_fallback(gnn_ckpt: Path, space, candidates: list, caplog,
                                               monkeypatch) -> None:
     import tvm_ffi
