@@ -15,8 +15,8 @@ from perfmodel._tvm import load_ms
 from perfmodel.collect.database import FAILED
 from perfmodel.collect.measure import label_secs
 from perfmodel.featurize.forked import STATS as FORKS
-from perfmodel.predictor import (DEFAULT_CHECKPOINT, FeatureCache, GPCorrection, MeasuredBuffer, OnlineCorrection, Predictor,
-                                 RoundDiversity, flops_of, load_predictor)
+from perfmodel.predictor import (DEFAULT_CHECKPOINT, FeatureCache, GPCorrection, MeasuredBuffer, OnlineCorrection,
+                                 Predictor, RoundDiversity, flops_of, load_predictor)
 from perfmodel.plugin.timed import CostModelStats, TimedCostModel
 
 ms = load_ms()
