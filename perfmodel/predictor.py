@@ -863,24 +863,23 @@ class RoundDiversity:
         meas = self._measured.get(task)
         measured = (np.zeros(len(z), bool) if meas is None or not len(meas)
                     else (_sqdist(z, meas) <= same).any(1))
-        none = (np.zeros((0, z.shape[1])), np.zeros(0), np.zeros(0))
-        lz, lraw, ly = (list(a) for a in self._lead.get(task, none))
+        lz, lraw, ly = self._lead.get(task, (np.zeros((0, z.shape[1])), np.zeros(0), np.zeros(0)))
         for i in np.argsort(log_t, kind="stable"):
             if not np.isfinite(log_t[i]):
                 continue
-            d2 = ((np.asarray(lz) - z[i]) ** 2).sum(1) if lz else np.zeros(0)
-            if lz:  # leaders predicted at least as fast (before their own penalty), not the candidate itself
-                near = (np.asarray(lraw) <= log_t[i]) & (d2 > same)
-                pen[i] = self.weight * float(np.exp(-d2[near] / (r * r)).sum())
+            d2 = _sqdist(z[i:i + 1], lz)[0]
+            # leaders predicted at least as fast (before their own penalty), not the candidate itself
+            near = (lraw <= log_t[i]) & (d2 > same)
+            pen[i] = self.weight * float(np.exp(-d2[near] / (r * r)).sum())
             y = log_t[i] + pen[i]
-            if measured[i] or (len(d2) and (d2 <= same).any()):
+            if measured[i] or (d2 <= same).any():
                 continue  # a measured candidate, or a leader already
-            if len(lz) < self.leaders:
-                lz.append(z[i]), lraw.append(log_t[i]), ly.append(y)
-            elif y < max(ly):
+            if len(ly) < self.leaders:
+                lz, lraw, ly = np.vstack([lz, z[i]]), np.append(lraw, log_t[i]), np.append(ly, y)
+            elif y < ly.max():
                 w = int(np.argmax(ly))
                 lz[w], lraw[w], ly[w] = z[i], log_t[i], y
-        self._lead[task] = (np.asarray(lz), np.asarray(lraw), np.asarray(ly))
+        self._lead[task] = (lz, lraw, ly)
         return pen
 
     def _units(self, task: Any, emb: np.ndarray) -> np.ndarray:
