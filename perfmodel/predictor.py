@@ -823,20 +823,27 @@ class RoundDiversity:
     distances between candidates of the task's first population). Candidates in the same place as a
     measured one (the search re-scores its measured bests every round) never lead, so refining
     around the best is not penalized; the same candidate scored again is not penalized by itself.
-    ``reset`` starts a round. Live (7 tasks x 2 seeds, weight 0.5; RESULTS.md): final bests 0.954x
-    XGB's against 1.012x without, the fast kernels of both bimodal tasks found on every seed, but
-    XGB's final reached later (1.79x fewer seconds than XGB against 2.52x): off by default.
+    ``reset`` starts a round; with ``rounds`` the penalty acts only in a task's first ``rounds`` rounds
+    (the basin is chosen early; later rounds refine around the best as without it). Live (7 tasks x 2
+    seeds, weight 0.5, every round; RESULTS.md): final bests 0.954x XGB's against 1.012x without, the
+    fast kernels of both bimodal tasks found on every seed, but XGB's final reached later (1.79x fewer
+    seconds than XGB against 2.52x): off by default.
 
     Args:
         weight: log seconds added per identical leader (0: off).
         leaders: leaders kept per round (the search's measurements per round).
         radius_quantile: quantile of the first population's pairwise distances used as ``r``.
+        rounds: penalize only in a task's first this many rounds (0: in every round).
     """
 
-    def __init__(self, *, weight: float, leaders: int = 16, radius_quantile: float = 0.05) -> None:
+    def __init__(self, *, weight: float, leaders: int = 16, radius_quantile: float = 0.05, rounds: int = 0) -> None:
         if not weight >= 0:
             raise ValueError(f"RoundDiversity: weight must be >= 0 (got {weight!r})")
+        if not int(rounds) >= 0:
+            raise ValueError(f"RoundDiversity: rounds must be >= 0 (got {rounds!r})")
         self.weight, self.leaders, self.quantile = float(weight), max(1, int(leaders)), float(radius_quantile)
+        self.rounds = int(rounds)
+        self._round: dict[Any, int] = {}  # task -> rounds started before the current one
         self._scale: dict[Any, tuple[np.ndarray, float]] = {}  # task -> (unit per embedding dim, radius)
         self._lead: dict[Any, tuple[np.ndarray, ...]] = {}  # task -> leaders' units [k, E], log times, penalized [k]
         self._measured: dict[Any, np.ndarray] = {}  # task -> measured candidates' units [m, E]
@@ -844,6 +851,11 @@ class RoundDiversity:
     def reset(self, task: Any) -> None:
         """A new round of ``task``: its leaders are forgotten."""
         self._lead.pop(task, None)
+        self._round[task] = self._round.get(task, 0) + 1
+
+    def active(self, task: Any) -> bool:
+        """Whether ``task``'s current round is penalized (a weight, and within the first ``rounds``)."""
+        return self.weight > 0 and not (self.rounds and self._round.get(task, 0) >= self.rounds)
 
     def measured(self, task: Any, emb: np.ndarray) -> None:
         """Embeddings [n, E] of ``task``'s measured candidates: never leaders from now on."""
@@ -855,7 +867,7 @@ class RoundDiversity:
         """Log seconds [N] to add to the predictions ``log_t`` [N] of candidates with embeddings ``emb`` [N, E]."""
         emb, log_t = np.asarray(emb, dtype=np.float64), np.asarray(log_t, dtype=np.float64)
         pen = np.zeros(len(log_t))
-        if self.weight == 0 or len(log_t) == 0:
+        if not self.active(task) or len(log_t) == 0:
             return pen
         z = self._units(task, emb)
         _, r = self._scale[task]

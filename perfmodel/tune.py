@@ -102,7 +102,16 @@ def run_settings(cfg: Any) -> dict[str, Any] | None:
             "ridge_alpha": parse_alpha(g.ridge_alpha, "gnn.ridge_alpha"),
             "gp_kappa": float(g.gp_kappa), "update_every": int(g.update_every), "steps": int(g.steps),
             "lr": float(g.lr), "explore": float(g.get("explore") or 0.0),
-            **({"diversity": div} if (div := float(g.get("diversity") or 0.0)) else {})}  # listed only when on
+            **_diversity_settings(g)}
+
+
+def _diversity_settings(g: Any) -> dict[str, Any]:
+    """``gnn.diversity`` and ``gnn.diversity_rounds`` as ``run_settings`` lists them: only when the penalty
+    is on, and its rounds only when limited, so that runs from before either existed still read back."""
+    div, rounds = float(g.get("diversity") or 0.0), int(g.get("diversity_rounds") or 0)
+    if not div:
+        return {}
+    return {"diversity": div, **({"diversity_rounds": rounds} if rounds else {})}
 
 
 def run_checkpoint(cfg: Any) -> dict[str, str] | None:

@@ -501,6 +501,15 @@ def test_round_diversity_penalizes_near_duplicates_of_the_round_leaders() -> Non
     assert np.array_equal(RoundDiversity(weight=0.0)("T", emb, log_t), np.zeros(120))
     with pytest.raises(ValueError, match="weight must be >= 0"):
         RoundDiversity(weight=-1.0)
+    # rounds=2: the penalty of the first two rounds of a task, none from its third on; other tasks keep theirs
+    div3 = RoundDiversity(weight=1.0, leaders=8, radius_quantile=0.2, rounds=2)
+    for r in range(2):
+        assert div3.active("T") and div3("T", emb, log_t)[cluster == 0].mean() > 0.5, r
+        div3.reset("T")
+    assert not div3.active("T") and np.array_equal(div3("T", emb, log_t), np.zeros(120))
+    assert div3.active("U") and div3("U", emb, log_t)[cluster == 0].mean() > 0.5
+    with pytest.raises(ValueError, match="rounds must be >= 0"):
+        RoundDiversity(weight=1.0, rounds=-1)
 
 
 def test_embeddings_and_the_corrected_prediction_of_an_ensemble(target) -> None:

@@ -79,6 +79,7 @@ class GNNCostModel(ms.cost_model.PyCostModel):
         diversity: log seconds added to a candidate per near-duplicate among the round's leading
             candidates (:class:`~perfmodel.predictor.RoundDiversity`; 0: off), so that one round's
             measurements do not all go to one corner of the space.
+        diversity_rounds: the penalty acts in a task's first this many search rounds only (0: every round).
     """
 
     def __init__(self, *, path: str | Path | None = None, predictor: Predictor | None = None,
@@ -86,7 +87,7 @@ class GNNCostModel(ms.cost_model.PyCostModel):
                  history: int = 4096, batch_size: int = 1024, threads: int | None = None,
                  feature_cache: int = 8192, explore: float = 0.0, online: str = "ridge",
                  ridge_alpha: float | str | None = None, gp_kappa: float | None = None,
-                 featurize_workers: int = 1, diversity: float = 0.0) -> None:
+                 featurize_workers: int = 1, diversity: float = 0.0, diversity_rounds: int = 0) -> None:
         super().__init__()
         if online not in ("ridge", "gp", "finetune"):
             raise ValueError(f"GNNCostModel: online must be 'ridge', 'gp' or 'finetune' (got {online!r})")
@@ -101,7 +102,7 @@ class GNNCostModel(ms.cost_model.PyCostModel):
             ({} if gp_kappa is None else {"kappa": gp_kappa}) if online == "gp" else
             {"history": history, **({} if ridge_alpha is None else {"alpha": ridge_alpha})})
         self.correction = self._new_correction()
-        self.diversity = RoundDiversity(weight=diversity)
+        self.diversity = RoundDiversity(weight=diversity, rounds=diversity_rounds)
         self.stats = CostModelStats()  # its own counters here; TimedCostModel fills the rest of the same object
         self.buffer = MeasuredBuffer(history=history)
         self.features = FeatureCache(size=feature_cache)
@@ -200,7 +201,7 @@ class GNNCostModel(ms.cost_model.PyCostModel):
         """What ``predict_features`` adds to the network's log times of task ``key``: its online correction,
         then the round's diversity penalty on the corrected times (``None``: neither applies yet)."""
         corr = self.correction.bound(key)
-        if not self.diversity.weight:
+        if not self.diversity.active(key):
             return corr
 
         def adjust(emb: np.ndarray, log_t: np.ndarray) -> np.ndarray:

@@ -226,6 +226,13 @@ def test_diversity_pushes_down_near_duplicates_of_a_rounds_leaders(gnn_ckpt: Pat
     plain.update(space.ctx, candidates, results)
     div.update(space.ctx, candidates, results)
     assert np.allclose(div.predict(space.ctx, candidates), plain.predict(space.ctx, candidates), rtol=1e-6)
+    # diversity_rounds=1: the first round is penalized, the next (after one measured candidate) is not
+    once, plain1 = (GNNCostModel.from_checkpoint(gnn_ckpt, diversity=1.0, diversity_rounds=1),
+                    GNNCostModel.from_checkpoint(gnn_ckpt))
+    assert np.allclose(once.predict(space.ctx, candidates), b, rtol=1e-5)
+    once.update(space.ctx, candidates[:1], results[:1])
+    plain1.update(space.ctx, candidates[:1], results[:1])
+    assert np.allclose(once.predict(space.ctx, candidates), plain1.predict(space.ctx, candidates), rtol=1e-6)
     with pytest.raises(ValueError, match="weight must be >= 0"):
         GNNCostModel.from_checkpoint(gnn_ckpt, diversity=-1.0)
 
