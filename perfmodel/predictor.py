@@ -20,6 +20,8 @@ from torch import nn
 
 from perfmodel.workloads import describe_target, targets_match
 
+_WEIGHTS = itertools.count()  # names a predictor's weights (see ``FeatureCache.get_output``)
+
 CKPT_KEY = "perfmodel"  # the block of a checkpoint that holds what inference needs
 CKPT_FORMAT = 1  # version of the CKPT_KEY block
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "pretrained" / "gnn.ckpt"  # the shipped model
@@ -60,6 +62,7 @@ class Predictor:
         self.target_input = any(getattr(m, "target_input", 0) for m in self.model.modules())
         self.target_vocab: list[dict[str, Any]] = [dict(t) for t in meta.get("target_vocab") or []]
         self._opt: torch.optim.Optimizer | None = None
+        self._weights = next(_WEIGHTS)  # these weights, as a FeatureCache's outputs name them (new per fine-tune)
 
     # ------------------------------------------------------------ loading
     @classmethod
@@ -286,8 +289,9 @@ class Predictor:
         Equal to ``predict_data(featurize(schs, flops=flops))``, but the features go straight into
         one batch per ``batch_size`` schedules (no per-graph ``Data``): the scoring path of tuning.
         A featurizer that raises on the batch is retried schedule by schedule, so one bad schedule
-        does not cost the others their prediction. With ``cache``, schedule objects seen before
-        (see :class:`FeatureCache`) are not featurized again; ``explore`` and ``correction``: see
+        does not cost the others their prediction. With ``cache``, schedules whose content was scored
+        before (see :class:`FeatureCache`) are not featurized again, nor run through the network again
+        while its weights, the target and the FLOPs are the same; ``explore`` and ``correction``: see
         :meth:`predict_features`; ``target``: see the class.
         """
         from perfmodel.featurize.graph import paused_gc
@@ -301,17 +305,21 @@ class Predictor:
     def _predict_schedules(self, schs: Sequence[Any], fl: list[float], batch_size: int, cache: FeatureCache | None,
                            explore: float, target: Any,
                            correction: Callable[[np.ndarray, np.ndarray], np.ndarray] | None) -> np.ndarray:
-        feats = self._features_isolated(schs) if cache is None else self._features_cached(schs, cache)
+        if cache is None:
+            feats, keys = self._features_isolated(schs), None
+        else:
+            feats, keys = self._features_cached(schs, cache)
         ok = [i for i, f in enumerate(feats) if f is not None]
         out = np.full(len(schs), np.inf)
         if ok:
-            out[ok] = self.predict_features([feats[i] for i in ok], [fl[i] for i in ok], batch_size=batch_size,
-                                            explore=explore, target=target, correction=correction)
+            m, emb = self._outputs([feats[i] for i in ok], [fl[i] for i in ok], batch_size, self._target_id(target),
+                                   cache, None if keys is None else [keys[i] for i in ok])
+            out[ok] = self._combine(m, emb, explore, correction)
         return out
 
-    def _features_cached(self, schs: Sequence[Any], cache: FeatureCache) -> list[Any]:
-        """The features of ``schs``, each content featurized once: those in ``cache`` taken from it, the
-        others computed (keys and features on ``featurize_workers`` cores) and added to it."""
+    def _features_cached(self, schs: Sequence[Any], cache: FeatureCache) -> tuple[list[Any], list[Any]]:
+        """The features of ``schs`` and their content keys, each content featurized once: those in ``cache``
+        taken from it, the others computed (keys and features on ``featurize_workers`` cores) and added to it."""
         from perfmodel.featurize import features_keyed
 
         got = features_keyed(schs, key=cache.key, known=cache.__contains__, granularity=self.granularity,
@@ -328,7 +336,7 @@ class Predictor:
             cache.put_key(k, f)
         cache.misses += len(new)
         cache.hits += len(schs) - len(new)
-        return feats
+        return feats, [k for k, _, _ in got]
 
     def predict_features(self, feats: Sequence[Any], flops: Sequence[float], *, batch_size: int = 1024,
                          explore: float = 0.0, target: Any = None,
@@ -341,25 +349,51 @@ class Predictor:
         returns log seconds [N] added to the prediction (an :class:`OnlineCorrection` bound to a task).
         ``target``: see the class.
         """
+        if len(feats) == 0:
+            return np.zeros(0)
+        m, emb = self._outputs(feats, flops, batch_size, self._target_id(target))
+        return self._combine(m, emb, explore, correction)
+
+    @staticmethod
+    def _combine(m: np.ndarray, emb: np.ndarray, explore: float,
+                 correction: Callable[[np.ndarray, np.ndarray], np.ndarray] | None) -> np.ndarray:
+        """Log seconds [N] from every member's [M, N] and the embeddings [N, E] (see ``predict_features``)."""
+        y = m.mean(0) - explore * m.std(0) if explore > 0 and len(m) > 1 else m.mean(0)
+        return y if correction is None else y + correction(emb, y)
+
+    def _outputs(self, feats: Sequence[Any], flops: Sequence[float], batch_size: int, tid: int | None,
+                 cache: FeatureCache | None = None, keys: Sequence[Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Every member's log seconds [M, N] and the embeddings [N, E] (float64) of features with their FLOPs.
+        With ``cache`` and the features' content ``keys``: the outputs it holds for these weights, target and
+        FLOPs are taken from it, the others computed (a content once per call) and added to it."""
         from perfmodel.featurize import features_to_batch
 
+        tag, keyed = (self._weights, tid), cache is not None and keys is not None
+        got = [cache.get_output(k, tag, f) for k, f in zip(keys, flops)] if keyed else [None] * len(feats)
+        todo, first, dup = [], {}, []  # a content twice in one call is run once
+        for i, g in enumerate(got):
+            if g is not None:
+                continue
+            if keyed and (keys[i], flops[i]) in first:
+                dup.append(i)
+                continue
+            if keyed:
+                first[(keys[i], flops[i])] = i
+            todo.append(i)
         self.model.eval()
-        spread = explore > 0 and hasattr(self.model, "member_outputs")
-        tid = self._target_id(target)
-        outs = []
         with torch.inference_mode():
-            for i in range(0, len(feats), batch_size):
-                b = self._prepare(features_to_batch(feats[i:i + batch_size], flops[i:i + batch_size]), tid)
-                if correction is not None:  # every member's output and the embedding, in one pass
-                    m, emb = self.model.outputs_and_embedding(b)
-                elif spread:
-                    m = self.model.member_outputs(b)
-                else:
-                    m = self.model(b).unsqueeze(0)
-                m = m.double()
-                y = (m.mean(0) - explore * m.std(0, unbiased=False) if spread else m.mean(0)).cpu().numpy()
-                outs.append(y if correction is None else y + correction(emb.double().cpu().numpy(), y))
-        return np.concatenate(outs)
+            for s in range(0, len(todo), batch_size):
+                idx = todo[s:s + batch_size]
+                b = self._prepare(features_to_batch([feats[i] for i in idx], [flops[i] for i in idx]), tid)
+                m, emb = self.model.outputs_and_embedding(b)  # every member's output and the embedding, one pass
+                m, emb = m.double().cpu().numpy(), emb.double().cpu().numpy()
+                for j, i in enumerate(idx):
+                    got[i] = (m[:, j], emb[j])
+                    if keyed:
+                        cache.put_output(keys[i], tag, flops[i], got[i])
+        for i in dup:
+            got[i] = got[first[(keys[i], flops[i])]]
+        return np.stack([g[0] for g in got], 1), np.stack([g[1] for g in got])
 
     def embed_data(self, datas: Sequence[Any], *, batch_size: int = 1024,
                    target: Any = None) -> tuple[np.ndarray, np.ndarray]:
@@ -457,6 +491,7 @@ class Predictor:
         finally:
             self.model.eval()
         self.meta = {**self.meta, "fine_tuned_steps": int(self.meta.get("fine_tuned_steps", 0)) + steps}
+        self._weights = next(_WEIGHTS)  # outputs cached for the weights before are not these weights' outputs
         return losses
 
     def copy(self) -> Predictor:
@@ -472,7 +507,10 @@ class FeatureCache:
     objects (parents kept from one generation to the next: 11-12% of the candidates of a 64-trial
     tune) and new objects whose module a mutation rebuilt as it was (a tile size drawn again), or the
     measured bests it replays each round: in all 30% of GRP-3's and 56% of SFM-3's 10,240 candidates.
-    ``Predictor.predict_schedules(..., cache=...)`` featurizes none of them twice. The key is what the
+    ``Predictor.predict_schedules(..., cache=...)`` featurizes none of them twice, and runs none of them
+    through the network twice while its weights (a fine-tuning makes new ones), the target and the FLOPs
+    stay the same (each content's member outputs and embedding are kept beside its features; an online
+    correction and the round's diversity penalty are applied afresh at every call). The key is what the
     featurizer reads (``perfmodel.featurize.content_key``: the module's structural hash and the trace's
     inline count); a schedule object seen before finds its key without hashing again (each such entry
     keeps the object and its module alive, so no other object can take their addresses meanwhile). A
@@ -491,7 +529,9 @@ class FeatureCache:
         self.size, self.objects = int(size), int(objects)
         self.hits = 0  # schedules scored without featurizing them (``predict_schedules`` counts)
         self.misses = 0  # schedules featurized
+        self.output_hits = 0  # schedules scored without running the network on them
         self._feats: OrderedDict[Any, Any] = OrderedDict()  # content key -> features
+        self._outs: dict[Any, tuple[Any, float, Any]] = {}  # content key -> (weights and target, FLOPs, outputs)
         self._keys: OrderedDict[tuple[int, int], tuple[Any, Any, Any]] = OrderedDict()  # object -> content key
         self._serial = itertools.count()
 
@@ -551,7 +591,21 @@ class FeatureCache:
         self._feats[key] = feats
         self._feats.move_to_end(key)
         while len(self._feats) > self.size:
-            self._feats.popitem(last=False)
+            self._outs.pop(self._feats.popitem(last=False)[0], None)
+
+    def get_output(self, key: Any, tag: Any, flops: float) -> Any:
+        """What ``put_output`` kept for content ``key`` with the same ``tag`` (weights, target) and FLOPs,
+        else ``None``."""
+        entry = self._outs.get(key)
+        if entry is None or entry[0] != tag or entry[1] != flops:
+            return None
+        self.output_hits += 1
+        return entry[2]
+
+    def put_output(self, key: Any, tag: Any, flops: float, outputs: Any) -> None:
+        """Keeps the network's ``outputs`` for content ``key`` (while its features are kept)."""
+        if key in self._feats:
+            self._outs[key] = (tag, flops, outputs)
 
 
 class MeasuredBuffer:

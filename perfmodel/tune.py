@@ -253,7 +253,8 @@ def _print_summary(out: dict[str, Any]) -> None:
     if "gnn" in out:
         gn = out["gnn"]
         print(f"GNN: {gn['fallback']} candidates got the fallback score, {gn['errors']} errors; "
-              f"{gn.get('cache_hits', 0)} scored with the features of a schedule scored before; "
+              f"{gn.get('cache_hits', 0)} scored with the features of a schedule scored before "
+              f"({gn.get('output_hits', 0)} with its network outputs too); "
               f"{gn['featurized_by_workers']} featurized by forked workers ({gn['worker_failures']} worker failures)")
     g = out.get("guard") or {}
     if g.get("remeasured") or g.get("waited_s"):

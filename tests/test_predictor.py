@@ -272,10 +272,23 @@ def test_feature_cache_reuses_the_features_of_schedules_scored_before(target) ->
     want = p.predict_schedules(population, flops=1e6)
     assert np.allclose(want[6:], np.tile(want[:2], 2), rtol=1e-6)  # (a graph's place in the batch: float rounding)
     cache = FeatureCache(size=16)
-    assert np.array_equal(p.predict_schedules(population, flops=1e6, cache=cache), want)
-    assert (cache.hits, cache.misses, len(cache)) == (4, 6, 6)  # each content featurized once
-    assert np.array_equal(p.predict_schedules(population, flops=1e6, cache=cache), want)  # every one a hit,
+    got = p.predict_schedules(population, flops=1e6, cache=cache)
+    # each content featurized and run through the network once: its twins get its very score
+    assert np.array_equal(got[:6], want[:6]) and np.array_equal(got[6:], np.tile(want[:2], 2))
+    assert (cache.hits, cache.misses, len(cache)) == (4, 6, 6)
+    assert np.array_equal(p.predict_schedules(population, flops=1e6, cache=cache), got)  # every one a hit,
     assert cache.hits == 4 + 10 and want[5] == np.inf  # the unfeaturizable one too (cached as None)
+    assert cache.output_hits == 9  # ... and not run through the network again (the unfeaturizable one never was)
+    # other FLOPs, or new weights (a fine-tuning): the network runs again, as without the cache
+    other = p.predict_schedules(schs[:2], flops=2e6, cache=cache)
+    assert cache.output_hits == 9 and np.allclose(other, p.predict_schedules(schs[:2], flops=2e6), rtol=1e-6)
+    assert not np.allclose(other, want[:2])
+    datas = p.featurize(schs[:5], flops=1e6)
+    p.fine_tune(datas, np.log(np.linspace(1e-4, 5e-4, 5)), steps=5, lr=1e-2)
+    tuned = p.predict_schedules(population, flops=1e6, cache=cache)
+    assert cache.output_hits == 9 and cache.hits == 4 + 10 + 2 + 10  # featurized never again; outputs anew
+    assert np.allclose(tuned, p.predict_schedules(population, flops=1e6), rtol=1e-6)
+    assert not np.allclose(tuned[:5], want[:5])
     assert cache.get(schs[2].copy()) is not FeatureCache.MISS
     small = FeatureCache(size=2)
     p.predict_schedules(schs, flops=1e6, cache=small)

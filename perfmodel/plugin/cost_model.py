@@ -155,13 +155,14 @@ class GNNCostModel(ms.cost_model.PyCostModel):
                 log.warning("GNNCostModel: %s", task["mismatch"])
             self.stats.target_mismatch += 1
         cache = self.features if self.features.size else None
-        before = (FORKS.child_items, FORKS.redone, self.features.hits)
+        before = (FORKS.child_items, FORKS.redone, self.features.hits, self.features.output_hits)
         log_t = self.predictor.predict_schedules([c.sch for c in candidates], flops=task["flops"],
                                                  batch_size=self.batch_size, cache=cache, explore=self.explore,
                                                  target=task["target"], correction=self._adjustment(task["key"]))
         self.stats.featurized_by_workers += FORKS.child_items - before[0]
         self.stats.worker_failures += FORKS.redone - before[1]
         self.stats.cache_hits += self.features.hits - before[2]
+        self.stats.output_hits += self.features.output_hits - before[3]
         with np.errstate(invalid="ignore"):
             return np.where(np.isfinite(log_t), np.exp(np.clip(task["ref"] - log_t, -_MAX_EXP, _MAX_EXP)), np.nan)
 
@@ -170,12 +171,12 @@ class GNNCostModel(ms.cost_model.PyCostModel):
         if len(candidates) != len(results):
             raise ValueError(f"update: {len(candidates)} candidates but {len(results)} results")
         self._updates += 1
-        self.diversity.reset(self._task(context)["key"])  # the next predict starts a new search round
+        task = self._task(context)
+        self.diversity.reset(task["key"])  # the next predict starts a new search round
         secs = [_secs(r) for r in results]
         ok = [i for i, s in enumerate(secs) if s is not None]
         if self.frozen or not ok:
             return
-        task = self._task(context)
         datas = self.predictor.featurize([candidates[i].sch for i in ok], flops=task["flops"], target=task["target"])
         if self.online in ("ridge", "gp"):
             have = [j for j, d in enumerate(datas) if d is not None]

@@ -37,6 +37,8 @@ class CostModelStats:
             in the tuning process instead (GNN only).
         cache_hits: candidates scored with the features of a schedule scored before (the same object or
             the same module; GNN only): not featurized again.
+        output_hits: candidates scored with the network's outputs for a schedule of the same content scored
+            before (same weights; GNN only): not run through the network again either.
         ridge_alphas: the penalty the GNN's ridge correction picked at each refit with
             ``ridge_alpha="auto"`` (``None``: no slope, the mean residual only).
     """
@@ -55,6 +57,7 @@ class CostModelStats:
     featurized_by_workers: int = 0
     worker_failures: int = 0
     cache_hits: int = 0
+    output_hits: int = 0
     ridge_alphas: list[float | None] = field(default_factory=list)
 
     @property
