@@ -156,14 +156,15 @@ def test_a_finished_gnn_run_of_other_options_is_never_read_back(bench, tmp_path:
         bench.run_one(wd, [*ov, "gnn.explore=2.0"])
     with pytest.raises(SystemExit, match="tuned with GNN options .*'ridge_alpha': 10.0"):  # a fixed penalty
         bench.run_one(wd, [*ov, "gnn.ridge_alpha=10"])
-    # diversity is listed only when on, so runs from before it existed still read back; turned on, it is seen
-    assert "diversity" not in opts and _gnn_settings([*ov, "gnn.diversity=0.5"])["diversity"] == 0.5
-    # its rounds likewise: only when the penalty is on and limited to the first rounds
-    assert "diversity_rounds" not in {**opts, **_gnn_settings([*ov, "gnn.diversity=0.5"])}
-    assert "diversity_rounds" not in _gnn_settings([*ov, "gnn.diversity_rounds=8"])
+    # diversity is listed only when on, its rounds only when limited, so runs from before either existed still
+    # read back; a run with other diversity settings is seen
+    off = _gnn_settings([*ov, "gnn.diversity=0", "gnn.diversity_rounds=8"])
+    assert "diversity" not in off and "diversity_rounds" not in off
+    every = _gnn_settings([*ov, "gnn.diversity=0.5", "gnn.diversity_rounds=0"])
+    assert every["diversity"] == 0.5 and "diversity_rounds" not in every
     assert _gnn_settings([*ov, "gnn.diversity=0.5", "gnn.diversity_rounds=8"])["diversity_rounds"] == 8
-    with pytest.raises(SystemExit, match="tuned with GNN options .*'diversity': 0.5"):
-        bench.run_one(wd, [*ov, "gnn.diversity=0.5"])
+    with pytest.raises(SystemExit, match="tuned with GNN options .*'diversity': 0.7"):
+        bench.run_one(wd, [*ov, "gnn.diversity=0.7"])
 
 
 def test_scoring_throughput_is_read_back_only_for_the_same_weights(bench, tmp_path: Path, monkeypatch) -> None:

@@ -78,7 +78,8 @@ class GNNCostModel(ms.cost_model.PyCostModel):
             bench_tune shows it reaching XGB's best sooner (``--models gnn,gnn-explore,...``).
         diversity: log seconds added to a candidate per near-duplicate among the round's leading
             candidates (:class:`~perfmodel.predictor.RoundDiversity`; 0: off), so that one round's
-            measurements do not all go to one corner of the space.
+            measurements do not all go to one corner of the space. ``tune`` turns it on (0.5 for the
+            first 8 rounds, ``conf/tune.yaml``); the class keeps it off unless asked.
         diversity_rounds: the penalty acts in a task's first this many search rounds only (0: every round).
     """
 
