@@ -221,7 +221,8 @@ def tune(cfg: Any) -> dict[str, Any]:
                 out.update(measure_network(str(cfg.network), int(cfg.batch), target=target, work_dir=work_dir,
                                            threads=int(cfg.threads), repeat=int(nt.get("repeat", 5)),
                                            min_repeat_ms=int(nt.get("min_repeat_ms", 200)),
-                                           untuned_repeat=int(nt.get("untuned_repeat", 3))))
+                                           untuned_repeat=int(nt.get("untuned_repeat", 3)),
+                                           kernel_runs=int(nt.get("kernel_runs", 10))))
             except Exception as e:  # noqa: BLE001  the tuning results are still reported and saved
                 out["network_error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
                 print(f"network compile/timing failed: {out['network_error']}", flush=True)
@@ -271,8 +272,28 @@ def _print_summary(out: dict[str, Any]) -> None:
                      f"({out['scheduled_funcs']}/{out['prim_funcs']} functions scheduled), "
                      f"untuned {out['untuned_latency_ms']:.3f} ms, PyTorch eager {out['torch_eager_ms']:.3f} ms")
         print(line)
+        for row in kernel_rows(out)[:8]:
+            print(row)
     if out["plot"]:
         print(f"plot: {out['plot']}")
+
+
+def kernel_rows(out: dict[str, Any]) -> list[str]:
+    """A network run's kernels timed inside the tuned network (``kernels_in_network``) beside their best
+    time tuned alone, the largest in-network total first: where the estimate and the measurement part."""
+    inside = out.get("kernels_in_network") or {}
+    if not inside:
+        return []
+    alone = {name.split("/", 1)[-1]: s for name, s in (out.get("tasks") or {}).items()}
+    rows = sorted(inside.items(), key=lambda kv: -kv[1]["calls"] * kv[1]["ms"])
+    total = sum(k["calls"] * k["ms"] for _, k in rows)
+    lines = [f"inside the tuned network: {total:.3f} ms in its {len(rows)} functions (per call; tuned alone = the best "
+             f"measurement of the task)"]
+    for sym, k in rows:
+        a = alone.get(sym)
+        tail = f", tuned alone {a * 1e3:.4f} ms ({k['ms'] / (a * 1e3):.2f}x)" if a else ", not tuned"
+        lines.append(f"  {sym:48s} x{k['calls']} {k['ms']:.4f} ms{tail}")
+    return lines
 
 
 def coverage_trials(n_tasks: int, trials_per_iter: int, max_trials_per_task: int | None = None) -> int:

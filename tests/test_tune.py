@@ -144,10 +144,11 @@ def test_tune_a_small_network(tmp_path: Path, ckpt: Path) -> None:
 def test_network_too_small_a_budget_is_called_out_then_compiled_and_timed(tmp_path: Path, ckpt: Path, capsys) -> None:
     """2 trials for bert_layer's 18 tasks: said before tuning; the 2 tuned tasks' schedules go into the compiled
     network, the 16 others keep Relax's default code; it is timed beside the untuned build and PyTorch eager."""
-    from perfmodel.tune import tune
+    from perfmodel.tune import kernel_rows, tune
 
     cfg = _small(tmp_path, ckpt, "network=bert_layer", "batch=1", "cost_model=random", "trials=2", "trials_per_iter=1",
-                 "network_timing.repeat=2", "network_timing.untuned_repeat=1", "network_timing.min_repeat_ms=1")
+                 "network_timing.repeat=2", "network_timing.untuned_repeat=1", "network_timing.min_repeat_ms=1",
+                 "network_timing.kernel_runs=2")
     out = tune(cfg)
     printed = capsys.readouterr().out
     assert "budget too small" in printed and "trials >= 18 * 1 = 18" in printed
@@ -159,5 +160,12 @@ def test_network_too_small_a_budget_is_called_out_then_compiled_and_timed(tmp_pa
     assert out["untuned_latency_ms"] > 0 and out["tvm_threads"] == 1
     assert out["max_rel_err"]["tuned"] < 1e-3 and out["max_rel_err"]["untuned"] < 1e-3  # same numbers as PyTorch
     assert "measured end to end: tuned" in printed
+    # each function timed inside the tuned network, beside its best tuned alone where it was tuned
+    inside, best = out["kernels_in_network"], {n.split("/", 1)[1]: v for n, v in out["tasks"].items()}
+    assert set(inside) <= set(best) and len(inside) >= 16  # (a task that is a pure reshape runs as a VM builtin)
+    assert all(k["calls"] >= 1 and k["ms"] > 0 for k in inside.values())
+    rows, tuned_inside = kernel_rows(out), sum(best[k] is not None for k in inside)
+    assert len(rows) == 1 + len(inside) and sum("tuned alone" in r for r in rows[1:]) == tuned_inside
+    assert "inside the tuned network" in printed and rows[1] in printed
     summary = json.loads((tmp_path / "tune_summary.json").read_text())
     assert {"network_latency_ms", "untuned_latency_ms", "torch_eager_ms", "estimate_ms", "untuned_tasks"} <= set(summary)

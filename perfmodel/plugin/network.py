@@ -58,6 +58,35 @@ def time_vm(executable: Any, x: Any, *, repeat: int, min_repeat_ms: int) -> tupl
     return [float(s) for s in res.results], _first(out).numpy()
 
 
+def time_calls(executable: Any, x: Any, *, runs: int) -> dict[str, dict[str, float]]:
+    """The functions ``main`` calls, timed inside the network: per PrimFunc (the VM's own builtins left
+    out) its calls per run and the median milliseconds per call over ``runs`` runs (one warm-up run
+    first; wall time around each call, taken by the VM's instrument hook, so a kernel is timed in the
+    state the network leaves the caches in, not warmed by its own repeats as a tuning measurement is)."""
+    import tvm
+    from tvm import relax
+
+    dev = tvm.cpu()
+    vm = relax.VirtualMachine(executable, dev)
+    inp = tvm.runtime.tensor(x.numpy(), dev)
+    vm["main"](inp)
+    per: dict[str, list[float]] = {}
+    start = [0.0]
+
+    def instrument(func: Any, symbol: str, before: bool, ret: Any, *args: Any) -> int:
+        if before:
+            start[0] = time.perf_counter()
+        else:
+            per.setdefault(str(symbol), []).append(time.perf_counter() - start[0])
+        return 0
+
+    vm.set_instrument(instrument)
+    for _ in range(max(1, int(runs))):
+        vm["main"](inp)
+    return {sym: {"calls": len(ts) // max(1, int(runs)), "ms": round(statistics.median(ts) * 1e3, 4)}
+            for sym, ts in per.items() if not sym.startswith("vm.builtin.")}
+
+
 def time_torch(model: Any, x: Any, *, repeat: int, min_repeat_ms: int) -> tuple[list[float], Any]:
     """Seconds of ``repeat`` timings of PyTorch eager ``model(x)`` on one thread (one warm-up run first), and its output."""
     import torch
@@ -80,7 +109,8 @@ def time_torch(model: Any, x: Any, *, repeat: int, min_repeat_ms: int) -> tuple[
 
 
 def measure_network(net: str, batch: int, *, target: Any, work_dir: str | Path, threads: int = 1,
-                    repeat: int = 5, min_repeat_ms: int = 200, untuned_repeat: int = 3) -> dict[str, Any]:
+                    repeat: int = 5, min_repeat_ms: int = 200, untuned_repeat: int = 3,
+                    kernel_runs: int = 10) -> dict[str, Any]:
     """Compiles network ``net`` at ``batch`` with and without the database of ``work_dir`` and times both and PyTorch eager.
 
     All three run on one thread (``TVM_NUM_THREADS`` = ``threads`` for the VM, ``torch.set_num_threads(1)``)
@@ -90,7 +120,9 @@ def measure_network(net: str, batch: int, *, target: Any, work_dir: str | Path, 
     Returns:
         ``network_latency_ms`` (tuned), ``untuned_latency_ms``, ``torch_eager_ms``, ``scheduled_funcs``
         / ``prim_funcs`` (how many PrimFuncs the database scheduled), ``max_rel_err`` (of each TVM build's
-        output against PyTorch's), ``timings_ms`` (every repeat), ``compile_s``, ``tvm_threads``, ``foreign_cores``.
+        output against PyTorch's), ``timings_ms`` (every repeat), ``compile_s``, ``tvm_threads``, ``foreign_cores``,
+        ``kernels_in_network`` (the tuned build's functions timed inside it, :func:`time_calls` over
+        ``kernel_runs`` runs; 0: not timed).
     """
     import numpy as np
     import tvm
@@ -110,6 +142,7 @@ def measure_network(net: str, batch: int, *, target: Any, work_dir: str | Path, 
     t_tuned, y_tuned = time_vm(tuned, x, repeat=repeat, min_repeat_ms=min_repeat_ms)
     t_untuned, y_untuned = time_vm(untuned, x, repeat=untuned_repeat, min_repeat_ms=min_repeat_ms)
     t_torch, y_torch = time_torch(model, x, repeat=repeat, min_repeat_ms=min_repeat_ms)
+    kernels = time_calls(tuned, x, runs=kernel_runs) if kernel_runs > 0 else {}
     load = meter.since(start)
 
     def rel_err(y: Any) -> float:
@@ -125,7 +158,7 @@ def measure_network(net: str, batch: int, *, target: Any, work_dir: str | Path, 
         "timings_ms": {k: [round(s * 1e3, 4) for s in v]
                        for k, v in (("tuned", t_tuned), ("untuned", t_untuned), ("torch_eager", t_torch))},
         "compile_s": round(compile_s, 2), "tvm_threads": int(tvm.get_global_func("runtime.NumThreads")()),
-        "foreign_cores": load["foreign"],
+        "foreign_cores": load["foreign"], "kernels_in_network": kernels,
     }
 
 
