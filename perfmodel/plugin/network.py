@@ -62,7 +62,9 @@ def time_calls(executable: Any, x: Any, *, runs: int) -> dict[str, dict[str, flo
     """The functions ``main`` calls, timed inside the network: per PrimFunc (the VM's own builtins left
     out) its calls per run and the median milliseconds per call over ``runs`` runs (one warm-up run
     first; wall time around each call, taken by the VM's instrument hook, so a kernel is timed in the
-    state the network leaves the caches in, not warmed by its own repeats as a tuning measurement is)."""
+    state the network leaves the caches in, not warmed by its own repeats as a tuning measurement is). The
+    hook's own cost (a few microseconds per call) is inside each time: read a kernel of tens of microseconds
+    with that in mind."""
     import tvm
     from tvm import relax
 
