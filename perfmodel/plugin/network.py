@@ -47,15 +47,20 @@ def time_vm(executable: Any, x: Any, *, repeat: int, min_repeat_ms: int) -> tupl
 
     Each timing runs ``main`` often enough to last ``min_repeat_ms`` (TVM's ``time_evaluator``).
     """
+    vm, inp, out = _warm_vm(executable, x)
+    res = vm.time_evaluator("main", inp.device, number=1, repeat=repeat, min_repeat_ms=min_repeat_ms)(inp)
+    return [float(s) for s in res.results], _first(out).numpy()
+
+
+def _warm_vm(executable: Any, x: Any) -> tuple[Any, Any, Any]:
+    """A VM of ``executable`` on the CPU, the input ``x`` on it, and the output of one warm-up run of ``main``."""
     import tvm
     from tvm import relax
 
     dev = tvm.cpu()
     vm = relax.VirtualMachine(executable, dev)
     inp = tvm.runtime.tensor(x.numpy(), dev)
-    out = vm["main"](inp)
-    res = vm.time_evaluator("main", dev, number=1, repeat=repeat, min_repeat_ms=min_repeat_ms)(inp)
-    return [float(s) for s in res.results], _first(out).numpy()
+    return vm, inp, vm["main"](inp)
 
 
 def time_calls(executable: Any, x: Any, *, runs: int) -> dict[str, dict[str, float]]:
@@ -65,13 +70,7 @@ def time_calls(executable: Any, x: Any, *, runs: int) -> dict[str, dict[str, flo
     state the network leaves the caches in, not warmed by its own repeats as a tuning measurement is). The
     hook's own cost (a few microseconds per call) is inside each time: read a kernel of tens of microseconds
     with that in mind."""
-    import tvm
-    from tvm import relax
-
-    dev = tvm.cpu()
-    vm = relax.VirtualMachine(executable, dev)
-    inp = tvm.runtime.tensor(x.numpy(), dev)
-    vm["main"](inp)
+    vm, inp, _ = _warm_vm(executable, x)
     per: dict[str, list[float]] = {}
     start = [0.0]
 
