@@ -883,23 +883,35 @@ class RoundDiversity:
     in 1.89x fewer trials and 2.52x fewer seconds; in every round 0.954x, 1.69x, 1.79x (it keeps spending
     trials away from the best); in the first 8 rounds **0.937x, 3.04x, 2.62x**: ``tune``'s default.
 
+    The embedding can hold two schedules that differ only in a discrete structural decision (where the
+    padding stage is computed, an unroll step) close together when the model thinks the decision does not
+    matter; ``signature`` then spreads the round over those decisions as well: a candidate also gets
+    ``signature`` log seconds per leader (predicted at least as fast) with its decision signature
+    (``perfmodel.featurize.decision_signature``, passed as ``sigs``). On the MobileNetV2 conv the runs
+    that ended in the slow basin spent 42-85% of their trials on one compute location of the padding stage,
+    which the fast kernels do not use (RESULTS.md).
+
     Args:
         weight: log seconds added per identical leader (0: off).
         leaders: leaders kept per round (the search's measurements per round).
         radius_quantile: quantile of the first population's pairwise distances used as ``r``.
         rounds: penalize only in a task's first this many rounds (0: in every round).
+        signature: log seconds added per leader with the candidate's decision signature (0: off).
     """
 
-    def __init__(self, *, weight: float, leaders: int = 16, radius_quantile: float = 0.05, rounds: int = 0) -> None:
+    def __init__(self, *, weight: float, leaders: int = 16, radius_quantile: float = 0.05, rounds: int = 0,
+                 signature: float = 0.0) -> None:
         if not weight >= 0:
             raise ValueError(f"RoundDiversity: weight must be >= 0 (got {weight!r})")
+        if not signature >= 0:
+            raise ValueError(f"RoundDiversity: signature must be >= 0 (got {signature!r})")
         if not int(rounds) >= 0:
             raise ValueError(f"RoundDiversity: rounds must be >= 0 (got {rounds!r})")
         self.weight, self.leaders, self.quantile = float(weight), max(1, int(leaders)), float(radius_quantile)
-        self.rounds = int(rounds)
+        self.rounds, self.signature = int(rounds), float(signature)
         self._round: dict[Any, int] = {}  # task -> rounds started before the current one
         self._scale: dict[Any, tuple[np.ndarray, float]] = {}  # task -> (unit per embedding dim, radius)
-        self._lead: dict[Any, tuple[np.ndarray, ...]] = {}  # task -> leaders' units [k, E], log times, penalized [k]
+        self._lead: dict[Any, tuple[Any, ...]] = {}  # task -> leaders' units [k, E], log times, penalized [k], sigs
         self._measured: dict[Any, np.ndarray] = {}  # task -> measured candidates' units [m, E]
 
     def reset(self, task: Any) -> None:
@@ -909,7 +921,8 @@ class RoundDiversity:
 
     def active(self, task: Any) -> bool:
         """Whether ``task``'s current round is penalized (a weight, and within the first ``rounds``)."""
-        return self.weight > 0 and not (self.rounds and self._round.get(task, 0) >= self.rounds)
+        on = self.weight > 0 or self.signature > 0
+        return on and not (self.rounds and self._round.get(task, 0) >= self.rounds)
 
     def measured(self, task: Any, emb: np.ndarray) -> None:
         """Embeddings [n, E] of ``task``'s measured candidates: never leaders from now on."""
@@ -917,19 +930,23 @@ class RoundDiversity:
         old = self._measured.get(task)
         self._measured[task] = z if old is None else np.concatenate([old, z])
 
-    def __call__(self, task: Any, emb: np.ndarray, log_t: np.ndarray) -> np.ndarray:
-        """Log seconds [N] to add to the predictions ``log_t`` [N] of candidates with embeddings ``emb`` [N, E]."""
+    def __call__(self, task: Any, emb: np.ndarray, log_t: np.ndarray, sigs: Sequence[Any] | None = None) -> np.ndarray:
+        """Log seconds [N] to add to the predictions ``log_t`` [N] of candidates with embeddings ``emb`` [N, E]
+        (and decision signatures ``sigs`` [N], for ``signature``; ``None``: not known, no signature penalty)."""
         emb, log_t = np.asarray(emb, dtype=np.float64), np.asarray(log_t, dtype=np.float64)
         pen = np.zeros(len(log_t))
         if not self.active(task) or len(log_t) == 0:
             return pen
+        if sigs is not None and len(sigs) != len(log_t):
+            raise ValueError(f"RoundDiversity: {len(sigs)} signatures for {len(log_t)} candidates")
         z = self._units(task, emb)
         _, r = self._scale[task]
         same = (1e-3 * r) ** 2  # closer than this: the same candidate (the forward pass is not bit-exact)
         meas = self._measured.get(task)
         measured = (np.zeros(len(z), bool) if meas is None or not len(meas)
                     else (_sqdist(z, meas) <= same).any(1))
-        lz, lraw, ly = self._lead.get(task, (np.zeros((0, z.shape[1])), np.zeros(0), np.zeros(0)))
+        lz, lraw, ly, lsig = self._lead.get(task, (np.zeros((0, z.shape[1])), np.zeros(0), np.zeros(0), []))
+        use_sig = self.signature > 0 and sigs is not None
         for i in np.argsort(log_t, kind="stable"):
             if not np.isfinite(log_t[i]):
                 continue
@@ -937,15 +954,20 @@ class RoundDiversity:
             # leaders predicted at least as fast (before their own penalty), not the candidate itself
             near = (lraw <= log_t[i]) & (d2 > same)
             pen[i] = self.weight * float(np.exp(-d2[near] / (r * r)).sum())
+            sig = sigs[i] if use_sig else None
+            if use_sig:
+                pen[i] += self.signature * sum(1 for k in np.flatnonzero(near) if lsig[k] == sig)
             y = log_t[i] + pen[i]
             if measured[i] or (d2 <= same).any():
                 continue  # a measured candidate, or a leader already
             if len(ly) < self.leaders:
                 lz, lraw, ly = np.vstack([lz, z[i]]), np.append(lraw, log_t[i]), np.append(ly, y)
+                lsig = [*lsig, sig]
             elif y < ly.max():
                 w = int(np.argmax(ly))
                 lz[w], lraw[w], ly[w] = z[i], log_t[i], y
-        self._lead[task] = (lz, lraw, ly)
+                lsig[w] = sig
+        self._lead[task] = (lz, lraw, ly, lsig)
         return pen
 
     def _units(self, task: Any, emb: np.ndarray) -> np.ndarray:

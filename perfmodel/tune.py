@@ -106,12 +106,15 @@ def run_settings(cfg: Any) -> dict[str, Any] | None:
 
 
 def _diversity_settings(g: Any) -> dict[str, Any]:
-    """``gnn.diversity`` and ``gnn.diversity_rounds`` as ``run_settings`` lists them: only when the penalty
-    is on, and its rounds only when limited, so that runs from before either existed still read back."""
+    """``gnn.diversity``, ``gnn.diversity_rounds`` and ``gnn.diversity_signature`` as ``run_settings`` lists
+    them: only when a penalty is on, its rounds only when limited and the signature weight only when set, so
+    that runs from before any of them existed still read back."""
     div, rounds = float(g.get("diversity") or 0.0), int(g.get("diversity_rounds") or 0)
-    if not div:
+    sig = float(g.get("diversity_signature") or 0.0)
+    if not (div or sig):
         return {}
-    return {"diversity": div, **({"diversity_rounds": rounds} if rounds else {})}
+    return {"diversity": div, **({"diversity_rounds": rounds} if rounds else {}),
+            **({"diversity_signature": sig} if sig else {})}
 
 
 def run_checkpoint(cfg: Any) -> dict[str, str] | None:

@@ -163,6 +163,9 @@ def test_a_finished_gnn_run_of_other_options_is_never_read_back(bench, tmp_path:
     every = _gnn_settings([*ov, "gnn.diversity=0.5", "gnn.diversity_rounds=0"])
     assert every["diversity"] == 0.5 and "diversity_rounds" not in every
     assert _gnn_settings([*ov, "gnn.diversity=0.5", "gnn.diversity_rounds=8"])["diversity_rounds"] == 8
+    assert "diversity_signature" not in _gnn_settings([*ov, "gnn.diversity=0.5"])  # off: runs before it read back
+    sig = _gnn_settings([*ov, "gnn.diversity=0", "gnn.diversity_signature=0.2"])
+    assert sig["diversity_signature"] == 0.2 and sig["diversity"] == 0.0
     with pytest.raises(SystemExit, match="tuned with GNN options .*'diversity': 0.7"):
         bench.run_one(wd, [*ov, "gnn.diversity=0.7"])
 

@@ -525,6 +525,32 @@ def test_round_diversity_penalizes_near_duplicates_of_the_round_leaders() -> Non
         RoundDiversity(weight=1.0, rounds=-1)
 
 
+def test_round_diversity_spreads_a_round_over_decision_signatures() -> None:
+    """``signature``: a candidate gets ``signature`` log seconds per leader predicted at least as fast with its
+    decision signature, wherever the two sit in the embedding; the best of each signature keeps its score, so
+    a round's leaders spread over the signatures; without signatures (or weight 0) nothing changes."""
+    rng = np.random.default_rng(1)
+    emb = rng.normal(scale=10.0, size=(12, 6))  # no two alike (weight 0: the embedding adds nothing)
+    log_t = np.arange(12) * 0.01  # candidate 0 fastest
+    sigs = [(5,)] * 9 + [(9,)] * 3  # one compute location for the 9 fastest, another for the 3 slowest
+    div = RoundDiversity(weight=0.0, leaders=4, radius_quantile=0.2, signature=0.5)
+    assert div.active("T") and not RoundDiversity(weight=0.0).active("T")
+    pen = div("T", emb, log_t, sigs)
+    assert pen[0] == 0.0 and pen[9] == 0.0  # the best of each signature
+    assert pen[1] == pytest.approx(0.5) and pen[2] == pytest.approx(1.0)  # one, two leaders of (5,) ahead
+    assert pen[10] == pytest.approx(0.5)  # one leader of (9,) ahead of it
+    top = np.argsort(log_t + pen)[:4]
+    assert {sigs[i] for i in top} == {(5,), (9,)}  # unpenalized, the 4 best are all (5,)
+    assert np.array_equal(div("T", emb, log_t), np.zeros(12))  # no signatures given: weight 0 leaves nothing
+    both = RoundDiversity(weight=1.0, leaders=4, radius_quantile=0.2, signature=0.5)("T", emb, log_t, sigs)
+    emb_only = RoundDiversity(weight=1.0, leaders=4, radius_quantile=0.2)("T", emb, log_t)
+    assert both[0] == emb_only[0] == 0.0 and both[1] == pytest.approx(emb_only[1] + 0.5)  # the two add up
+    with pytest.raises(ValueError, match="3 signatures for 12 candidates"):
+        div.reset("T"), div("T", emb, log_t, sigs[:3])
+    with pytest.raises(ValueError, match="signature must be >= 0"):
+        RoundDiversity(weight=0.0, signature=-1.0)
+
+
 def test_embeddings_and_the_corrected_prediction_of_an_ensemble(target) -> None:
     """``embed_data`` predicts what ``predict_data`` predicts and gives every member's head input side by
     side; ``predict_schedules(correction=...)`` adds the correction of exactly those embeddings."""

@@ -13,6 +13,7 @@ from perfmodel.featurize.schema import EDGE_FEATURES, NODE_FEATURES, SCHEMA_VERS
 _LAZY = {
     "Features": "perfmodel.featurize.graph",
     "content_key": "perfmodel.featurize.graph",
+    "decision_signature": "perfmodel.featurize.graph",
     "features": "perfmodel.featurize.graph",
     "features_keyed": "perfmodel.featurize.graph",
     "features_many": "perfmodel.featurize.graph",
@@ -25,9 +26,9 @@ _LAZY = {
     "FeaturizeError": "perfmodel.featurize.tir",
 }
 
-__all__ = ["SCHEMA_VERSION", "NODE_FEATURES", "EDGE_FEATURES", "FeaturizeError", "Features", "content_key", "features",
-           "features_keyed", "features_many", "features_to_batch", "stage_graph", "graph_to_data", "featurize",
-           "featurize_many", "paused_gc"]
+__all__ = ["SCHEMA_VERSION", "NODE_FEATURES", "EDGE_FEATURES", "FeaturizeError", "Features", "content_key",
+           "decision_signature", "features", "features_keyed", "features_many", "features_to_batch", "stage_graph",
+           "graph_to_data", "featurize", "featurize_many", "paused_gc"]
 
 
 def __getattr__(name: str) -> Any:

@@ -39,10 +39,33 @@ _R_SLOTS = [_SLOT_BASE[s] for s in SLOTS[1:]]
 assert SLOT_FIELDS == ("present", "bytes", "lines", "reuse", "inner_bytes", "stride", "stride0", "contig", "local",
                        "param")  # the order describe() fills them in
 _inline_kinds: set[int] = set()
+_signature_kinds: set[int] = set()
 
 
 def _lg(v: float) -> float:
     return math.log2(1.0 + v) if v > 0 else 0.0
+
+
+def decision_signature(sch: Any) -> tuple[int, ...]:
+    """The discrete structural decisions of a schedule's trace, in trace order: where each stage is
+    computed (``SampleComputeLocation``) and each categorical choice (``SampleCategorical``: unroll
+    steps, vector widths). Tile sizes are left out. Two schedules with the same signature differ in
+    their tiles only; ``()`` for a schedule without a trace (or a module)."""
+    if not _signature_kinds:
+        from tvm.s_tir.schedule import InstructionKind
+
+        _signature_kinds.update(InstructionKind.get(k).__chandle__()
+                                for k in ("SampleComputeLocation", "SampleCategorical"))
+    trace = getattr(sch, "trace", None)
+    if trace is None:
+        return ()
+    kinds, decisions = _signature_kinds, trace.decisions
+    out = []
+    for inst in trace.insts[:]:
+        if inst.kind.__chandle__() in kinds:
+            d = decisions.get(inst)
+            out.append(-1000 if d is None else int(getattr(d, "value", d)))
+    return tuple(out)
 
 
 def _n_inlined(sch: Any) -> int:

@@ -81,6 +81,10 @@ class GNNCostModel(ms.cost_model.PyCostModel):
             measurements do not all go to one corner of the space. ``tune`` turns it on (0.5 for the
             first 8 rounds, ``conf/tune.yaml``); the class keeps it off unless asked.
         diversity_rounds: the penalty acts in a task's first this many search rounds only (0: every round).
+        diversity_signature: log seconds added to a candidate per leading candidate of the round with its
+            discrete structural decisions (compute locations, categorical choices; ``RoundDiversity``'s
+            ``signature``; 0: off), so that a round's measurements also spread over the decisions the
+            embedding holds close together. Acts in the same rounds as ``diversity``.
     """
 
     def __init__(self, *, path: str | Path | None = None, predictor: Predictor | None = None,
@@ -88,7 +92,8 @@ class GNNCostModel(ms.cost_model.PyCostModel):
                  history: int = 4096, batch_size: int = 1024, threads: int | None = None,
                  feature_cache: int = 8192, explore: float = 0.0, online: str = "ridge",
                  ridge_alpha: float | str | None = None, gp_kappa: float | None = None,
-                 featurize_workers: int = 1, diversity: float = 0.0, diversity_rounds: int = 0) -> None:
+                 featurize_workers: int = 1, diversity: float = 0.0, diversity_rounds: int = 0,
+                 diversity_signature: float = 0.0) -> None:
         super().__init__()
         if online not in ("ridge", "gp", "finetune"):
             raise ValueError(f"GNNCostModel: online must be 'ridge', 'gp' or 'finetune' (got {online!r})")
@@ -103,7 +108,7 @@ class GNNCostModel(ms.cost_model.PyCostModel):
             ({} if gp_kappa is None else {"kappa": gp_kappa}) if online == "gp" else
             {"history": history, **({} if ridge_alpha is None else {"alpha": ridge_alpha})})
         self.correction = self._new_correction()
-        self.diversity = RoundDiversity(weight=diversity, rounds=diversity_rounds)
+        self.diversity = RoundDiversity(weight=diversity, rounds=diversity_rounds, signature=diversity_signature)
         self.stats = CostModelStats()  # its own counters here; TimedCostModel fills the rest of the same object
         self.buffer = MeasuredBuffer(history=history)
         self.features = FeatureCache(size=feature_cache)
@@ -157,9 +162,11 @@ class GNNCostModel(ms.cost_model.PyCostModel):
             self.stats.target_mismatch += 1
         cache = self.features if self.features.size else None
         before = (FORKS.child_items, FORKS.redone, self.features.hits, self.features.output_hits)
-        log_t = self.predictor.predict_schedules([c.sch for c in candidates], flops=task["flops"],
-                                                 batch_size=self.batch_size, cache=cache, explore=self.explore,
-                                                 target=task["target"], correction=self._adjustment(task["key"]))
+        schs = [c.sch for c in candidates]
+        sigs = _signatures(schs) if self.diversity.signature > 0 and self.diversity.active(task["key"]) else None
+        log_t = self.predictor.predict_schedules(schs, flops=task["flops"], batch_size=self.batch_size, cache=cache,
+                                                 explore=self.explore, target=task["target"],
+                                                 correction=self._adjustment(task["key"], sigs))
         self.stats.featurized_by_workers += FORKS.child_items - before[0]
         self.stats.worker_failures += FORKS.redone - before[1]
         self.stats.cache_hits += self.features.hits - before[2]
@@ -199,16 +206,20 @@ class GNNCostModel(ms.cost_model.PyCostModel):
             self.stats.fine_tune_steps += self.steps
 
     # ------------------------------------------------------------ internals
-    def _adjustment(self, key: int) -> Callable[[np.ndarray, np.ndarray], np.ndarray] | None:
+    def _adjustment(self, key: int,
+                    sigs: list[Any] | None = None) -> Callable[[np.ndarray, np.ndarray], np.ndarray] | None:
         """What ``predict_features`` adds to the network's log times of task ``key``: its online correction,
-        then the round's diversity penalty on the corrected times (``None``: neither applies yet)."""
+        then the round's diversity penalty on the corrected times (``None``: neither applies yet). ``sigs``:
+        the decision signatures of every candidate; used when every candidate was featurized (the
+        correction then sees all of them, in order), else the round's penalty leaves signatures out."""
         corr = self.correction.bound(key)
         if not self.diversity.active(key):
             return corr
 
         def adjust(emb: np.ndarray, log_t: np.ndarray) -> np.ndarray:
             c = corr(emb, log_t) if corr is not None else np.zeros(len(log_t))
-            return c + self.diversity(key, emb, log_t + c)
+            aligned = sigs if sigs is not None and len(sigs) == len(log_t) else None
+            return c + self.diversity(key, emb, log_t + c, aligned)
 
         return adjust
 
@@ -249,6 +260,20 @@ def make_cost_model(kind: str, *, checkpoint: str | Path | None = None, num_tuni
         kw = {"num_tuning_cores": num_tuning_cores, "tree_method": "auto"} if kind == "xgb" else {}
         return TimedCostModel(inner=kind, fallback=fallback, **kw)
     raise ValueError(f"unknown cost model {kind!r}: use gnn, xgb, mlp or random")
+
+
+def _signatures(schs: list[Any]) -> list[Any]:
+    """The decision signature of each schedule (``perfmodel.featurize.decision_signature``); one whose
+    trace cannot be read gets a signature of its own (it shares no penalty)."""
+    from perfmodel.featurize import decision_signature
+
+    out: list[Any] = []
+    for i, s in enumerate(schs):
+        try:
+            out.append(decision_signature(s))
+        except Exception:  # noqa: BLE001  a schedule TVM cannot show the trace of: scored without this penalty
+            out.append(("unknown", i))
+    return out
 
 
 def _secs(result: Any) -> float | None:

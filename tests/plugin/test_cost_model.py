@@ -237,6 +237,30 @@ def test_diversity_pushes_down_near_duplicates_of_a_rounds_leaders(gnn_ckpt: Pat
         GNNCostModel.from_checkpoint(gnn_ckpt, diversity=-1.0)
 
 
+def test_diversity_signature_spreads_a_round_over_the_traces_discrete_decisions(gnn_ckpt: Path, space,
+                                                                                candidates: list) -> None:
+    """gnn.diversity_signature: the matmul's schedules carry their categorical decisions (unroll steps) as
+    signatures; within a round a candidate scores lower per better-scored candidate of its signature, the best
+    of every signature keeps its score, and from round ``diversity_rounds`` on nothing changes."""
+    from perfmodel.featurize import decision_signature
+
+    sigs = [decision_signature(c.sch) for c in candidates]
+    assert all(s and all(isinstance(v, int) for v in s) for s in sigs) and len(set(sigs)) > 1
+    assert decision_signature(candidates[0].sch.mod) == ()  # a module has no trace
+    plain = GNNCostModel.from_checkpoint(gnn_ckpt)
+    sig = GNNCostModel.from_checkpoint(gnn_ckpt, diversity_signature=0.3, diversity_rounds=1)
+    a, b = plain.predict(space.ctx, candidates), sig.predict(space.ctx, candidates)
+    assert np.all(b <= a * (1 + 1e-5))
+    for s in set(sigs):  # the best-scored of each signature is not penalized
+        best = max((i for i in range(len(sigs)) if sigs[i] == s), key=lambda i: a[i])
+        assert b[best] == pytest.approx(a[best], rel=1e-5)
+    shared = [i for i in range(len(sigs)) if sum(sigs[j] == sigs[i] and a[j] > a[i] for j in range(len(sigs)))]
+    assert shared and all(b[i] < a[i] * np.exp(-0.29) for i in shared)  # behind one of its signature at least
+    sig.update(space.ctx, candidates[:1], _results(1))
+    plain.update(space.ctx, candidates[:1], _results(1))
+    assert np.allclose(sig.predict(space.ctx, candidates), plain.predict(space.ctx, candidates), rtol=1e-6)
+
+
 def test_a_failing_candidate_gets_the_fallback(gnn_ckpt: Path, space, candidates: list, caplog,
                                               monkeypatch) -> None:
     import tvm_ffi
