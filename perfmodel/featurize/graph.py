@@ -38,12 +38,24 @@ _W_SLOT = _SLOT_BASE["w"]
 _R_SLOTS = [_SLOT_BASE[s] for s in SLOTS[1:]]
 assert SLOT_FIELDS == ("present", "bytes", "lines", "reuse", "inner_bytes", "stride", "stride0", "contig", "local",
                        "param")  # the order describe() fills them in
-_inline_kinds: set[int] = set()
-_signature_kinds: set[int] = set()
+_kind_handles: dict[tuple[str, ...], set[int]] = {}  # instruction kind names -> their handles
 
 
 def _lg(v: float) -> float:
     return math.log2(1.0 + v) if v > 0 else 0.0
+
+
+def _trace_insts(sch: Any, kinds: tuple[str, ...]) -> tuple[Any, list[Any]]:
+    """The trace of a schedule (``None`` without one, e.g. a module) and its instructions of the named kinds."""
+    handles = _kind_handles.get(kinds)
+    if handles is None:
+        from tvm.s_tir.schedule import InstructionKind
+
+        handles = _kind_handles[kinds] = {InstructionKind.get(k).__chandle__() for k in kinds}
+    trace = getattr(sch, "trace", None)
+    if trace is None:
+        return None, []
+    return trace, [inst for inst in trace.insts[:] if inst.kind.__chandle__() in handles]
 
 
 def decision_signature(sch: Any) -> tuple[int, ...]:
@@ -51,34 +63,16 @@ def decision_signature(sch: Any) -> tuple[int, ...]:
     computed (``SampleComputeLocation``) and each categorical choice (``SampleCategorical``: unroll
     steps, vector widths). Tile sizes are left out. Two schedules with the same signature differ in
     their tiles only; ``()`` for a schedule without a trace (or a module)."""
-    if not _signature_kinds:
-        from tvm.s_tir.schedule import InstructionKind
-
-        _signature_kinds.update(InstructionKind.get(k).__chandle__()
-                                for k in ("SampleComputeLocation", "SampleCategorical"))
-    trace = getattr(sch, "trace", None)
+    trace, insts = _trace_insts(sch, ("SampleComputeLocation", "SampleCategorical"))
     if trace is None:
         return ()
-    kinds, decisions = _signature_kinds, trace.decisions
-    out = []
-    for inst in trace.insts[:]:
-        if inst.kind.__chandle__() in kinds:
-            d = decisions.get(inst)
-            out.append(-1000 if d is None else int(getattr(d, "value", d)))
-    return tuple(out)
+    decisions = trace.decisions
+    return tuple(-1000 if (d := decisions.get(inst)) is None else int(getattr(d, "value", d)) for inst in insts)
 
 
 def _n_inlined(sch: Any) -> int:
     """ComputeInline + ReverseComputeInline instructions in the schedule's trace."""
-    if not _inline_kinds:
-        from tvm.s_tir.schedule import InstructionKind
-
-        _inline_kinds.update(InstructionKind.get(k).__chandle__() for k in ("ComputeInline", "ReverseComputeInline"))
-    trace = sch.trace
-    if trace is None:
-        return 0
-    kinds = _inline_kinds
-    return sum(1 for inst in trace.insts[:] if inst.kind.__chandle__() in kinds)
+    return len(_trace_insts(sch, ("ComputeInline", "ReverseComputeInline"))[1])
 
 
 def content_key(sch: Any) -> tuple[int, int]:
