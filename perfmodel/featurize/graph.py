@@ -219,9 +219,29 @@ def _features(prog: Program, *, granularity: str, n_inlined: int) -> Features:
     n_nodes = len(stages) + (len(loops) if granularity == "loop" else 0)
     xs = np.zeros((n_nodes, _NF), dtype=np.float32)
     read_bytes: dict[tuple[int, Any], float] = {}
+    memo = _STAGE_MEMO
     for st in stages:
         x = xs[st.id]
-        _stage_features(st, x, loops, bufs, read_bytes)
+        nest = [loops[i] for i in st.loops]
+        key = (tuple([(lp.var_key, lp.extent, lp.min, lp.kind, lp.unroll_step, lp.unroll_explicit, lp.stages)
+                      for lp in nest]), tuple(st.frames), st.store.buf, st.store.indices,
+               tuple([(a.buf, a.indices) for a in st.loads]), tuple(st.ops), st.space, st.reduce, st.n_space,
+               st.n_reduce, st.is_init, st.predicate,
+               tuple([(b, *_buf_facts(bufs[b])) for b in {st.store.buf: 0, **{a.buf: 0 for a in st.loads}}]))
+        got = memo.get(key)
+        if got is None:
+            got = memo.old.get(key)
+            if got is not None:
+                memo.put(key, got)
+        if got is None:
+            _stage_features(st, nest, x, bufs, read_bytes)
+            memo.put(key, (x.copy(), [(b, nb) for (i, b), nb in read_bytes.items() if i == st.id]))
+            memo.misses += 1
+        else:
+            x[:] = got[0]
+            for b, nb in got[1]:
+                read_bytes[(st.id, b)] = nb
+            memo.hits += 1
         x[_N_PRODUCERS] = n_prod[st.id]
         x[_N_CONSUMERS] = n_cons[st.id]
         x[_N_INLINED] = n_inlined
@@ -337,8 +357,35 @@ def _shared(a: list[int], b: list[int]) -> int:
     return n
 
 
-def _stage_features(st: Any, x: np.ndarray, loops: list, bufs: dict, read_bytes: dict) -> None:
-    nest = [loops[i] for i in st.loops]
+def _buf_facts(b: Any) -> tuple[tuple[int, ...], int, bool, bool]:
+    return tuple(b.shape), b.nbytes, b.local, b.param
+
+
+class _StageMemo(dict):
+    """A stage's features by what they read of it: its nest, bindings, accesses, operation counts and
+    the facts of its buffers (variables and buffers by their numbers in the walk, so the same stage of
+    another schedule finds them). The candidates of a search share many stages (a mutation redraws one
+    decision): a third of a tuning run's stages are found here. Two generations of ``size`` entries
+    (~3 KB each): when the young one is full it becomes the old one; an entry found in the old one
+    moves back to the young one."""
+
+    def __init__(self, size: int = 8192) -> None:
+        super().__init__()
+        self.size = size
+        self.old: dict[Any, Any] = {}
+        self.hits = self.misses = 0
+
+    def put(self, key: Any, value: Any) -> None:
+        if len(self) >= self.size:
+            self.old = dict(self)
+            self.clear()
+        self[key] = value
+
+
+_STAGE_MEMO = _StageMemo()
+
+
+def _stage_features(st: Any, nest: list, x: np.ndarray, bufs: dict, read_bytes: dict) -> None:
     x[_IS_STAGE] = 1
     x[_N_LOOPS] = len(nest)
     prods = [1, 1, 1, 1]
@@ -401,7 +448,7 @@ def _stage_features(st: Any, x: np.ndarray, loops: list, bufs: dict, read_bytes:
         if r is None:
             env = dict(closed[:level])
             env.update(opened[level:])
-            env = bind_env(frames, env)
+            env = bind_env(frames, env, copy=False)
             r = fps[level] = [footprint(acc, info, env) for acc, info in zip(accs, infos)]
         return r
 
@@ -413,7 +460,7 @@ def _stage_features(st: Any, x: np.ndarray, loops: list, bufs: dict, read_bytes:
     step_env = dict(closed)
     if inner_loop is not None:
         step_env[inner_loop.var_key] = (inner_loop.min, inner_loop.min + 1)
-    env_step = bind_env(frames, step_env)
+    env_step = bind_env(frames, step_env, copy=False)
 
     def describe(a: int, n_acc: int) -> tuple[float, list[float]]:
         info = infos[a]

@@ -84,8 +84,8 @@ class Loop:
 class Access:
     """One buffer access of a stage: compiled indices into the buffer."""
 
-    buf: int  # buffer handle (key of Program.buffers)
-    indices: list[Any]
+    buf: int  # buffer number (key of Program.buffers)
+    indices: tuple[Any, ...]
 
 
 @dataclass(slots=True)
@@ -96,7 +96,7 @@ class Stage:
     name: str
     loops: list[int]  # enclosing loop ids, outermost first
     # per enclosing block, its iter vars: [(var key, compiled binding, dom min, dom extent, iter type)]
-    frames: list[list[tuple[int, Any, int, int, int]]]
+    frames: list[tuple[tuple[int, Any, int, int, int], ...]]
     store: Access | None = None
     loads: list[Access] = field(default_factory=list)
     ops: list[float] = field(default_factory=lambda: [0.0] * len(ARITH))
@@ -125,7 +125,7 @@ class Program:
 
     loops: list[Loop]
     stages: list[Stage]
-    buffers: dict[int, BufInfo]  # by buffer handle
+    buffers: dict[int, BufInfo]  # by buffer number (0, 1, ... in the order the walk met them)
     loop_children: dict[int | None, list[tuple[str, int]]]  # parent loop (None = root) -> ("loop"|"stage", id)
 
 
@@ -140,13 +140,16 @@ class _Walker:
     def __init__(self, func: Any) -> None:
         self.loops: list[Loop] = []
         self.stages: list[Stage] = []
-        self.buffers: dict[int, BufInfo] = {}
+        self.buffers: dict[int, BufInfo] = {}  # by buffer number
+        self.buf_ids: dict[int, int] = {}  # buffer handle -> its number
+        self.var_ids: dict[int, int] = {}  # handle of a variable a loop or block binds -> its number
         self.children: dict[int | None, list[tuple[str, int]]] = {None: []}
         self.block = "root"
         for p in func.params[:]:
             known = _BUFFERS.get((p.__chandle__(), True))
             if known is not None:
-                self.buffers[p.__chandle__()] = known[1]
+                self.buf_ids[p.__chandle__()] = n = len(self.buffers)
+                self.buffers[n] = known[1]
             elif hasattr(p, "shape") and hasattr(p, "scope"):  # buffers are typed Vars in TVM 0.27
                 self._buf(p, param=True)
 
@@ -155,12 +158,15 @@ class _Walker:
         return FeaturizeError(f"unsupported {what} in block {self.block!r}")
 
     def _buf(self, b: Any, *, param: bool = False) -> int:
+        """The number of buffer ``b`` (its facts recorded the first time)."""
         h = b.__chandle__()
-        if h not in self.buffers:
+        n = self.buf_ids.get(h)
+        if n is None:
+            self.buf_ids[h] = n = len(self.buffers)
             known = _BUFFERS.get((h, param))
             if known is not None:
-                self.buffers[h] = known[1]
-                return h
+                self.buffers[n] = known[1]
+                return n
             shape = []
             for s in b.shape[:]:
                 if not type(s) is _INT_IMM:
@@ -172,8 +178,13 @@ class _Walker:
             if len(_BUFFERS) >= _BUFFERS_MAX:
                 _BUFFERS.clear()
             _BUFFERS[(h, param)] = (b, info)
-            self.buffers[h] = info
-        return h
+            self.buffers[n] = info
+        return n
+
+    def _bind(self, var: Any) -> int:
+        """Numbers a variable a loop or block binds (in binding order: the same for the same structure)."""
+        self.var_ids[var.__chandle__()] = n = len(self.var_ids)
+        return n
 
     def _int(self, e: Any, what: str) -> int:
         if type(e) is _INT_IMM:
@@ -183,12 +194,12 @@ class _Walker:
     # ---- statements ----------------------------------------------------------------------
     def stmt(self, s: Any, loops: list[int], frames: list) -> None:
         t = type(s)
-        if t is tirx.For:
+        if t is _FOR:
             self.for_(s, loops, frames)
-        elif t is tirx.SeqStmt:
+        elif t is _SEQ:
             for x in s.seq[:]:
                 self.stmt(x, loops, frames)
-        elif t is SBlockRealize:
+        elif t is _REALIZE:
             self.realize(s, loops, frames)
         elif t is tirx.AllocBuffer or t is tirx.DeclBuffer:
             self._buf(s.buffer)
@@ -203,28 +214,36 @@ class _Walker:
             raise self.err(f"statement {t.__name__}")
 
     def for_(self, s: Any, loops: list[int], frames: list) -> None:
-        kind = int(s.kind)
-        if kind > 3:
-            kind = 1
-        step = explicit = 0
-        ann = s.annotations
-        if len(ann):
-            v = ann.get("pragma_auto_unroll_max_step")
-            step = int(v.value if hasattr(v, "value") else v) if v is not None else 0
-            v = ann.get("pragma_unroll_explicit")
-            explicit = int(v.value if hasattr(v, "value") else v) if v is not None else 0
-        var = s.loop_var
-        mn = s.min
-        ext = s.extent
-        if type(ext) is not _INT_IMM or type(mn) is not _INT_IMM:
-            raise self.err(f"non-constant range [{mn}, {mn} + {ext}) of loop {str(var.name)!r}")
-        lp = Loop(id=len(self.loops), var=var, extent=int(ext.value), min=int(mn.value),
-                  kind=kind, unroll_step=step, unroll_explicit=explicit, depth=len(loops),
-                  parent=loops[-1] if loops else None, var_key=var.__chandle__())
-        self.loops.append(lp)
-        self.children.setdefault(lp.parent, []).append(("loop", lp.id))
-        self.children[lp.id] = []
-        self.stmt(s.body, [*loops, lp.id], frames)
+        """A chain of directly nested loops (walked without recursion), then the statement inside it."""
+        loops = list(loops)
+        all_loops, children, var_ids = self.loops, self.children, self.var_ids
+        while True:
+            kind = int(s.kind)
+            if kind > 3:
+                kind = 1
+            step = explicit = 0
+            ann = s.annotations
+            if len(ann):
+                v = ann.get("pragma_auto_unroll_max_step")
+                step = int(v.value if hasattr(v, "value") else v) if v is not None else 0
+                v = ann.get("pragma_unroll_explicit")
+                explicit = int(v.value if hasattr(v, "value") else v) if v is not None else 0
+            var = s.loop_var
+            mn = s.min
+            ext = s.extent
+            if type(ext) is not _INT_IMM or type(mn) is not _INT_IMM:
+                raise self.err(f"non-constant range [{mn}, {mn} + {ext}) of loop {str(var.name)!r}")
+            lid = len(all_loops)
+            parent = loops[-1] if loops else None
+            var_ids[var.__chandle__()] = key = len(var_ids)  # as _bind
+            all_loops.append(Loop(lid, var, int(ext.value), int(mn.value), kind, step, explicit, len(loops), parent, key))
+            children[parent].append(("loop", lid))
+            children[lid] = []
+            loops.append(lid)
+            s = s.body
+            if type(s) is not _FOR:
+                break
+        self.stmt(s, loops, frames)
 
     def realize(self, s: Any, loops: list[int], frames: list) -> None:
         block = s.block
@@ -235,8 +254,10 @@ class _Walker:
         frame = []
         for iv, val in zip(block.iter_vars[:], s.iter_values[:]):
             dom = iv.dom
-            frame.append((iv.var.__chandle__(), lower(self.compile(val, None)), self._int(dom.min, "iter-var min"),
+            c = self.compile(val, None)  # the binding reads the outer variables: compiled before binding this one
+            frame.append((self._bind(iv.var), c, self._int(dom.min, "iter-var min"),
                           self._int(dom.extent, "iter-var extent"), int(iv.iter_type)))
+        frame = tuple(frame)
         frames = [*frames, frame]
         body = block.body
         pred = s.predicate
@@ -265,14 +286,14 @@ class _Walker:
             else:
                 st.space *= ext
                 st.n_space += 1
-        idx = [self._index(i, ops) for i in body.indices[:]]
+        idx = tuple([self._index(i, ops) for i in body.indices[:]])
         st.store = Access(self._buf(body.buffer), idx)
         value = body.value
         st.is_init = isinstance(value, (tirx.IntImm, tirx.FloatImm))
         self.expr(value, ops, st.loads)
         ops[_OP_INDEX["stores"]] += 1
         self.stages.append(st)
-        self.children.setdefault(loops[-1] if loops else None, []).append(("stage", st.id))
+        self.children[loops[-1] if loops else None].append(("stage", st.id))
         for lid in loops:
             self.loops[lid].stages += 1
 
@@ -294,7 +315,7 @@ class _Walker:
         if t is _LOAD:
             ops[_LOADS] += 1
             buf = self._buf(e.source)
-            idx = [self._index(i, ops) for i in e.indices[:]]
+            idx = tuple([self._index(i, ops) for i in e.indices[:]])
             if loads is not None:
                 loads.append(Access(buf, idx))
         elif t in _LEAF:
@@ -334,34 +355,92 @@ class _Walker:
         c = self.compile(e, ops)
         if c is None:  # e.g. an indirect index (a load inside an index): count what it does
             self.expr(e, ops, None)
-        return lower(c)
+        return c
 
     def compile(self, e: Any, ops: list[float] | None) -> Any:
-        """An index expression as an int, a var key ``("v", k)`` or ``(op, a, b)``; ``None`` = unknown.
+        """An index expression in lowered form (see :func:`lower`): an int, ``("L", const, ((var key,
+        coeff), ...))`` for a linear one, ``(op, a, b)`` around non-linear parts; ``None`` = unknown.
 
         Counts one integer operation per arithmetic node into ``ops`` (unless ``None``).
         """
+        return _final(self._lin(e, ops))
+
+    def _lin(self, e: Any, ops: list[float] | None) -> Any:
+        # an int, a linear form [const, {var key: coeff}] (a fresh list: its parent may change it in
+        # place), a lowered non-linear node (a tuple) or None (unknown)
         t = type(e)
         if t is _INT_IMM:
             return int(e.value)
         if t is _VAR:
-            return ("v", e.__chandle__())
+            h = e.__chandle__()
+            return [0, {self.var_ids.get(h, h): 1}]
         op = _COMPILE_OPS.get(t)
         if op is not None:
-            a = self.compile(e.a, ops)
-            b = self.compile(e.b, ops)
+            a = self._lin(e.a, ops)
+            b = self._lin(e.b, ops)
             if a is None or b is None:
                 return None
             if ops is not None:
                 ops[_INT] += 1
-            return (op, a, b)
+            return _combine(op, a, b)
         if t is tirx.Cast:
-            return self.compile(e.value, ops)
+            return self._lin(e.value, ops)
         if isinstance(e, tirx.Var):
-            return ("v", e.__chandle__())
+            h = e.__chandle__()
+            return [0, {self.var_ids.get(h, h): 1}]
         return None
 
 
+def _combine(op: str, a: Any, b: Any) -> Any:
+    """``a op b`` of two ``_Walker._lin`` results: folded into a linear form where it stays linear."""
+    ta, tb = type(a), type(b)
+    if op == "+" or op == "-" or op == "*":
+        if ta is int and tb is int:
+            return a + b if op == "+" else a - b if op == "-" else a * b
+        if (ta is list or ta is int) and (tb is list or tb is int):
+            if op == "*":
+                if tb is list:
+                    if ta is list:
+                        return (op, _final(a), _final(b))  # product of two variables
+                    a, b = b, a  # the constant factor to the right
+                a[0] *= b
+                terms = a[1]
+                for v in terms:
+                    terms[v] *= b
+                return a
+            if ta is int:
+                if op == "+":
+                    b[0] += a
+                    return b
+                b[0] = a - b[0]
+                terms = b[1]
+                for v in terms:
+                    terms[v] = -terms[v]
+                return b
+            if tb is int:
+                a[0] = a[0] + b if op == "+" else a[0] - b
+                return a
+            terms = a[1]
+            if op == "+":
+                a[0] += b[0]
+                for v, w in b[1].items():
+                    terms[v] = terms.get(v, 0) + w
+            else:
+                a[0] -= b[0]
+                for v, w in b[1].items():
+                    terms[v] = terms.get(v, 0) - w
+            return a
+    return (op, _final(a), _final(b))
+
+
+def _final(r: Any) -> Any:
+    """A ``_Walker._lin`` result in lowered form."""
+    if type(r) is list:
+        return ("L", r[0], tuple((v, w) for v, w in r[1].items() if w))
+    return r
+
+
+_FOR, _SEQ, _REALIZE = tirx.For, tirx.SeqStmt, SBlockRealize
 _LOAD = tvm.ir.TensorLoad  # what tirx.BufferLoad builds in TVM 0.27 (buffer in `.source`)
 _BIN_F = {tirx.Add: _ADD, tirx.Sub: _ADD, tirx.Mul: _MUL, tirx.Div: _DIV, tirx.Mod: _DIV,
           tirx.FloorDiv: _DIV, tirx.FloorMod: _DIV}
@@ -459,8 +538,24 @@ def ival(c: Any, env: dict[int, tuple[int, int]]) -> tuple[int, int] | None:
         return lo, hi
     if op == "v":
         return env.get(c[1])
-    a = ival(c[1], env)
-    b = ival(c[2], env)
+    a = c[1]
+    if type(a) is tuple and a[0] == "L":  # the linear case again, inline (e.g. the fused index of a // or %)
+        lo = hi = a[1]
+        for k, w in a[2]:
+            r = env.get(k)
+            if r is None:
+                return None
+            if w > 0:
+                lo += w * r[0]
+                hi += w * r[1]
+            else:
+                lo += w * r[1]
+                hi += w * r[0]
+        a = lo, hi
+    else:
+        a = ival(a, env)
+    b = c[2]
+    b = (b, b) if type(b) is int else ival(b, env)
     if a is None or b is None:
         return None
     if op == "+":
@@ -488,17 +583,45 @@ def ival(c: Any, env: dict[int, tuple[int, int]]) -> tuple[int, int] | None:
     return None
 
 
-def bind_env(frames: list, loop_env: dict[int, tuple[int, int]]) -> dict[int, tuple[int, int]]:
-    """Add the intervals of the block iter vars (from their bindings, clipped to their domains)."""
-    env = dict(loop_env)
+def bind_env(frames: list, loop_env: dict[int, tuple[int, int]], *, copy: bool = True) -> dict[int, tuple[int, int]]:
+    """Add the intervals of the block iter vars (from their bindings, clipped to their domains).
+
+    ``copy=False``: add them to ``loop_env`` itself (and return it).
+    """
+    env = dict(loop_env) if copy else loop_env
+    get = env.get
     for frame in frames:
         for k, val, dmin, dext, _ in frame:
+            dmax = dmin + dext - 1
+            if type(val) is tuple and val[0] == "L":  # ival's linear case, inline (most bindings)
+                lo = hi = val[1]
+                for v, w in val[2]:
+                    r = get(v)
+                    if r is None:
+                        env[k] = (dmin, dmax)
+                        break
+                    if w > 0:
+                        lo += w * r[0]
+                        hi += w * r[1]
+                    else:
+                        lo += w * r[1]
+                        hi += w * r[0]
+                else:
+                    r0 = lo
+                    if lo < dmin:
+                        lo = dmin
+                    if hi > dmax:
+                        hi = dmax
+                    if lo > hi:
+                        lo = hi = max(dmin, min(r0, dmax))
+                    env[k] = (lo, hi)
+                continue
             r = ival(val, env)
-            lo, hi = dmin, dmin + dext - 1
+            lo, hi = dmin, dmax
             if r is not None:
                 lo, hi = max(lo, r[0]), min(hi, r[1])
                 if lo > hi:
-                    lo = hi = max(dmin, min(r[0], dmin + dext - 1))
+                    lo = hi = max(dmin, min(r[0], dmax))
             env[k] = (lo, hi)
     return env
 
@@ -507,9 +630,30 @@ def footprint(acc: Access, info: BufInfo, env: dict[int, tuple[int, int]]) -> tu
     """(distinct elements, distinct 64-byte cache lines) touched by ``acc`` under ``env``."""
     ranges = []
     elems = 1
+    get = env.get
     for c, dim in zip(acc.indices, info.shape):
-        r = ival(c, env)
-        n = dim if r is None else max(1, min(dim, r[1] - r[0] + 1))
+        if type(c) is tuple and c[0] == "L":  # ival's linear case, inline (most indices)
+            lo = hi = c[1]
+            for v, w in c[2]:
+                r = get(v)
+                if r is None:
+                    n = dim
+                    break
+                if w > 0:
+                    lo += w * r[0]
+                    hi += w * r[1]
+                else:
+                    lo += w * r[1]
+                    hi += w * r[0]
+            else:
+                n = hi - lo + 1
+                if n > dim:
+                    n = dim
+                if n < 1:
+                    n = 1
+        else:
+            r = ival(c, env)
+            n = dim if r is None else max(1, min(dim, r[1] - r[0] + 1))
         ranges.append(n)
         elems *= n
     # contiguous run: innermost range, times outer dims while the inner ones are fully covered

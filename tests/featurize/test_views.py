@@ -104,6 +104,29 @@ def test_io_bytes_are_the_bytes_of_the_function_arguments(golden) -> None:
     assert all(len(v) == 1 and min(v) > 0 for v in per_task.values()), per_task
 
 
+@pytest.mark.parametrize("size", [8192, 3])
+def test_a_stage_found_in_the_memo_gets_the_features_computed_afresh(golden, monkeypatch, size: int) -> None:
+    from perfmodel.featurize import graph
+
+    _, _, schs = golden
+    many = [t for _, _, s in schs for t in (s, s.copy())]  # copies: new TVM objects, the same stages
+    fresh = []
+    for s in many:  # every stage computed afresh
+        monkeypatch.setattr(graph, "_STAGE_MEMO", graph._StageMemo())
+        fresh.append(graph.features(s, granularity="loop"))
+    memo = graph._StageMemo(size=size)  # 3: the young generation rolls over into the old one many times
+    monkeypatch.setattr(graph, "_STAGE_MEMO", memo)
+    warm = [graph.features(s, granularity="loop") for s in many]
+    n_stages = sum(len(f.program.stages) for f in fresh[::2])
+    assert memo.misses + memo.hits == 2 * n_stages
+    if size > n_stages:  # every stage of a copy is found (numbered alike, whatever TVM's object identities)
+        assert memo.hits >= n_stages and memo.misses <= n_stages
+    else:
+        assert len(memo) <= size and len(memo.old) <= size and memo.hits > 0
+    for a, b in zip(fresh, warm):
+        assert np.array_equal(a.x, b.x) and np.array_equal(a.edge_x, b.edge_x) and a.edges == b.edges
+
+
 def test_scoring_pauses_the_garbage_collector_and_restores_it(golden) -> None:
     import gc
 
