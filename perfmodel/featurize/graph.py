@@ -71,8 +71,19 @@ def decision_signature(sch: Any) -> tuple[int, ...]:
 
 
 def _n_inlined(sch: Any) -> int:
-    """ComputeInline + ReverseComputeInline instructions in the schedule's trace."""
-    return len(_trace_insts(sch, ("ComputeInline", "ReverseComputeInline"))[1])
+    """ComputeInline + ReverseComputeInline instructions in the schedule's trace (the last schedule's
+    count is kept, for its module as it is: ``content_key`` and then ``features`` of one schedule read its
+    trace once)."""
+    mod = getattr(sch, "mod", None)
+    last = _LAST_INLINED
+    if last[0] is sch and last[1] is not None and mod is not None and last[1].same_as(mod):
+        return last[2]
+    n = len(_trace_insts(sch, ("ComputeInline", "ReverseComputeInline"))[1])
+    last[:] = [sch, mod, n]  # both objects kept: no other schedule or module can be them meanwhile
+    return n
+
+
+_LAST_INLINED: list[Any] = [None, None, 0]  # schedule, its module when counted, the count
 
 
 def content_key(sch: Any) -> tuple[int, int]:
@@ -223,16 +234,8 @@ def _features(prog: Program, *, granularity: str, n_inlined: int) -> Features:
     for st in stages:
         x = xs[st.id]
         nest = [loops[i] for i in st.loops]
-        key = (tuple([(lp.var_key, lp.extent, lp.min, lp.kind, lp.unroll_step, lp.unroll_explicit, lp.stages)
-                      for lp in nest]), tuple(st.frames), st.store.buf, st.store.indices,
-               tuple([(a.buf, a.indices) for a in st.loads]), tuple(st.ops), st.space, st.reduce, st.n_space,
-               st.n_reduce, st.is_init, st.predicate,
-               tuple([(b, *_buf_facts(bufs[b])) for b in {st.store.buf: 0, **{a.buf: 0 for a in st.loads}}]))
-        got = memo.get(key)
-        if got is None:
-            got = memo.old.get(key)
-            if got is not None:
-                memo.put(key, got)
+        key = _stage_key(st, nest, bufs)
+        got = memo.find(key)
         if got is None:
             _stage_features(st, nest, x, bufs, read_bytes)
             memo.put(key, (x.copy(), [(b, nb) for (i, b), nb in read_bytes.items() if i == st.id]))
@@ -357,8 +360,14 @@ def _shared(a: list[int], b: list[int]) -> int:
     return n
 
 
-def _buf_facts(b: Any) -> tuple[tuple[int, ...], int, bool, bool]:
-    return tuple(b.shape), b.nbytes, b.local, b.param
+def _stage_key(st: Any, nest: list, bufs: dict) -> tuple:
+    """Everything ``_stage_features`` reads of a stage, as a key of ``_StageMemo``."""
+    return (tuple([(lp.var_key, lp.extent, lp.min, lp.kind, lp.unroll_step, lp.unroll_explicit, lp.stages)
+                   for lp in nest]), tuple(st.frames), st.store.buf, st.store.indices,
+            tuple([(a.buf, a.indices) for a in st.loads]), tuple(st.ops), st.space, st.reduce, st.n_space,
+            st.n_reduce, st.is_init, st.predicate,
+            tuple([(b, tuple(bufs[b].shape), bufs[b].nbytes, bufs[b].local, bufs[b].param)
+                   for b in {st.store.buf: 0, **{a.buf: 0 for a in st.loads}}]))
 
 
 class _StageMemo(dict):
@@ -367,13 +376,23 @@ class _StageMemo(dict):
     another schedule finds them). The candidates of a search share many stages (a mutation redraws one
     decision): a third of a tuning run's stages are found here. Two generations of ``size`` entries
     (~3 KB each): when the young one is full it becomes the old one; an entry found in the old one
-    moves back to the young one."""
+    moves back to the young one. Forked featurizing workers read the memo as it was at the fork; what
+    they add stays in them."""
 
     def __init__(self, size: int = 8192) -> None:
         super().__init__()
         self.size = size
         self.old: dict[Any, Any] = {}
         self.hits = self.misses = 0
+
+    def find(self, key: Any) -> Any:
+        """The entry of ``key`` (``None``: not kept)."""
+        got = self.get(key)
+        if got is None:
+            got = self.old.get(key)
+            if got is not None:
+                self.put(key, got)
+        return got
 
     def put(self, key: Any, value: Any) -> None:
         if len(self) >= self.size:

@@ -143,6 +143,7 @@ class _Walker:
         self.buffers: dict[int, BufInfo] = {}  # by buffer number
         self.buf_ids: dict[int, int] = {}  # buffer handle -> its number
         self.var_ids: dict[int, int] = {}  # handle of a variable a loop or block binds -> its number
+        self.n_bound = 0  # numbers given (a variable bound twice gets a new number, never another's)
         self.children: dict[int | None, list[tuple[str, int]]] = {None: []}
         self.block = "root"
         for p in func.params[:]:
@@ -183,7 +184,8 @@ class _Walker:
 
     def _bind(self, var: Any) -> int:
         """Numbers a variable a loop or block binds (in binding order: the same for the same structure)."""
-        self.var_ids[var.__chandle__()] = n = len(self.var_ids)
+        self.var_ids[var.__chandle__()] = n = self.n_bound
+        self.n_bound += 1
         return n
 
     def _int(self, e: Any, what: str) -> int:
@@ -235,7 +237,8 @@ class _Walker:
                 raise self.err(f"non-constant range [{mn}, {mn} + {ext}) of loop {str(var.name)!r}")
             lid = len(all_loops)
             parent = loops[-1] if loops else None
-            var_ids[var.__chandle__()] = key = len(var_ids)  # as _bind
+            var_ids[var.__chandle__()] = key = self.n_bound  # as _bind
+            self.n_bound += 1
             all_loops.append(Loop(lid, var, int(ext.value), int(mn.value), kind, step, explicit, len(loops), parent, key))
             children[parent].append(("loop", lid))
             children[lid] = []

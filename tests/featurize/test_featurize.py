@@ -139,6 +139,22 @@ def test_conv2d_with_padding_features(programs):
     assert e["x"][EDGE_INDEX["is_data"]] == 1 and e["x"][EDGE_INDEX["local"]] == 1
 
 
+def test_a_schedule_changed_in_place_is_read_again(programs):
+    """The inline count is kept for the last schedule (its key, then its features): a primitive applied
+    to the same Schedule object afterwards (a new module) is counted anew."""
+    from perfmodel.featurize import content_key, features
+
+    _, conv, _ = programs
+    sch = _sched(conv)
+    key0 = content_key(sch)
+    assert key0[1] == 0 and features(sch).x[0, NODE_INDEX["n_inlined_graph"]] == 0
+    sch.compute_inline(sch.get_sblock("pad"))
+    key1 = content_key(sch)
+    assert key1[1] == 1 and key1 != key0
+    f = features(sch)
+    assert f.x.shape[0] == 1 and f.x[0, NODE_INDEX["n_inlined_graph"]] == 1
+
+
 def test_graph_to_data_shapes_and_loop_granularity(programs):
     _, conv, _ = programs
     d = featurize(_sched(conv))
