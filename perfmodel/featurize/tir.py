@@ -541,24 +541,8 @@ def ival(c: Any, env: dict[int, tuple[int, int]]) -> tuple[int, int] | None:
         return lo, hi
     if op == "v":
         return env.get(c[1])
-    a = c[1]
-    if type(a) is tuple and a[0] == "L":  # the linear case again, inline (e.g. the fused index of a // or %)
-        lo = hi = a[1]
-        for k, w in a[2]:
-            r = env.get(k)
-            if r is None:
-                return None
-            if w > 0:
-                lo += w * r[0]
-                hi += w * r[1]
-            else:
-                lo += w * r[1]
-                hi += w * r[0]
-        a = lo, hi
-    else:
-        a = ival(a, env)
-    b = c[2]
-    b = (b, b) if type(b) is int else ival(b, env)
+    a = ival(c[1], env)
+    b = ival(c[2], env)
     if a is None or b is None:
         return None
     if op == "+":
@@ -592,33 +576,9 @@ def bind_env(frames: list, loop_env: dict[int, tuple[int, int]], *, copy: bool =
     ``copy=False``: add them to ``loop_env`` itself (and return it).
     """
     env = dict(loop_env) if copy else loop_env
-    get = env.get
     for frame in frames:
         for k, val, dmin, dext, _ in frame:
             dmax = dmin + dext - 1
-            if type(val) is tuple and val[0] == "L":  # ival's linear case, inline (most bindings)
-                lo = hi = val[1]
-                for v, w in val[2]:
-                    r = get(v)
-                    if r is None:
-                        env[k] = (dmin, dmax)
-                        break
-                    if w > 0:
-                        lo += w * r[0]
-                        hi += w * r[1]
-                    else:
-                        lo += w * r[1]
-                        hi += w * r[0]
-                else:
-                    r0 = lo
-                    if lo < dmin:
-                        lo = dmin
-                    if hi > dmax:
-                        hi = dmax
-                    if lo > hi:
-                        lo = hi = max(dmin, min(r0, dmax))
-                    env[k] = (lo, hi)
-                continue
             r = ival(val, env)
             lo, hi = dmin, dmax
             if r is not None:
@@ -633,30 +593,9 @@ def footprint(acc: Access, info: BufInfo, env: dict[int, tuple[int, int]]) -> tu
     """(distinct elements, distinct 64-byte cache lines) touched by ``acc`` under ``env``."""
     ranges = []
     elems = 1
-    get = env.get
     for c, dim in zip(acc.indices, info.shape):
-        if type(c) is tuple and c[0] == "L":  # ival's linear case, inline (most indices)
-            lo = hi = c[1]
-            for v, w in c[2]:
-                r = get(v)
-                if r is None:
-                    n = dim
-                    break
-                if w > 0:
-                    lo += w * r[0]
-                    hi += w * r[1]
-                else:
-                    lo += w * r[1]
-                    hi += w * r[0]
-            else:
-                n = hi - lo + 1
-                if n > dim:
-                    n = dim
-                if n < 1:
-                    n = 1
-        else:
-            r = ival(c, env)
-            n = dim if r is None else max(1, min(dim, r[1] - r[0] + 1))
+        r = ival(c, env)
+        n = dim if r is None else max(1, min(dim, r[1] - r[0] + 1))
         ranges.append(n)
         elems *= n
     # contiguous run: innermost range, times outer dims while the inner ones are fully covered
