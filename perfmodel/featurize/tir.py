@@ -218,7 +218,7 @@ class _Walker:
     def for_(self, s: Any, loops: list[int], frames: list) -> None:
         """A chain of directly nested loops (walked without recursion), then the statement inside it."""
         loops = list(loops)
-        all_loops, children, var_ids = self.loops, self.children, self.var_ids
+        all_loops, children = self.loops, self.children
         while True:
             kind = int(s.kind)
             if kind > 3:
@@ -237,9 +237,8 @@ class _Walker:
                 raise self.err(f"non-constant range [{mn}, {mn} + {ext}) of loop {str(var.name)!r}")
             lid = len(all_loops)
             parent = loops[-1] if loops else None
-            var_ids[var.__chandle__()] = key = self.n_bound  # as _bind
-            self.n_bound += 1
-            all_loops.append(Loop(lid, var, int(ext.value), int(mn.value), kind, step, explicit, len(loops), parent, key))
+            all_loops.append(Loop(lid, var, int(ext.value), int(mn.value), kind, step, explicit, len(loops), parent,
+                                  self._bind(var)))
             children[parent].append(("loop", lid))
             children[lid] = []
             loops.append(lid)
@@ -361,8 +360,9 @@ class _Walker:
         return c
 
     def compile(self, e: Any, ops: list[float] | None) -> Any:
-        """An index expression in lowered form (see :func:`lower`): an int, ``("L", const, ((var key,
-        coeff), ...))`` for a linear one, ``(op, a, b)`` around non-linear parts; ``None`` = unknown.
+        """An index expression compiled: an int, ``("L", const, ((var key, coeff), ...))`` for a linear one
+        (most index expressions are sums of variables times constants), ``(op, a, b)`` around non-linear
+        parts (``//``, ``%``, ``min``, ``max``, a product of variables); ``None`` = unknown.
 
         Counts one integer operation per arithmetic node into ``ops`` (unless ``None``).
         """
@@ -370,7 +370,7 @@ class _Walker:
 
     def _lin(self, e: Any, ops: list[float] | None) -> Any:
         # an int, a linear form [const, {var key: coeff}] (a fresh list: its parent may change it in
-        # place), a lowered non-linear node (a tuple) or None (unknown)
+        # place), a compiled non-linear node (a tuple) or None (unknown)
         t = type(e)
         if t is _INT_IMM:
             return int(e.value)
@@ -437,7 +437,7 @@ def _combine(op: str, a: Any, b: Any) -> Any:
 
 
 def _final(r: Any) -> Any:
-    """A ``_Walker._lin`` result in lowered form."""
+    """A ``_Walker._lin`` result in its compiled form (see ``_Walker.compile``)."""
     if type(r) is list:
         return ("L", r[0], tuple((v, w) for v, w in r[1].items() if w))
     return r
@@ -475,47 +475,6 @@ def walk(func: Any) -> Program:
     w = _Walker(func)
     w.stmt(func.body, [], [])
     return Program(loops=w.loops, stages=w.stages, buffers=w.buffers, loop_children=w.children)
-
-
-# ---- linear forms: most index expressions are sums of variables times constants -----------------
-def _linear(c: Any) -> tuple[int, dict[int, int]] | None:
-    if type(c) is int:
-        return c, {}
-    if c is None:
-        return None
-    op = c[0]
-    if op == "v":
-        return 0, {c[1]: 1}
-    if op in ("+", "-", "*"):
-        a = _linear(c[1])
-        b = _linear(c[2])
-        if a is None or b is None:
-            return None
-        if op == "*":
-            if not a[1]:
-                a, b = b, a
-            if b[1]:
-                return None  # product of two variables
-            k = b[0]
-            return a[0] * k, {v: w * k for v, w in a[1].items()}
-        sign = 1 if op == "+" else -1
-        terms = dict(a[1])
-        for v, w in b[1].items():
-            terms[v] = terms.get(v, 0) + sign * w
-        return a[0] + sign * b[0], terms
-    return None
-
-
-def lower(c: Any) -> Any:
-    """Rewrite linear subtrees of a compiled expression as ``("L", const, ((var, coeff), ...))``."""
-    if type(c) is int or c is None:
-        return c
-    lin = _linear(c)
-    if lin is not None:
-        return ("L", lin[0], tuple((v, w) for v, w in lin[1].items() if w))
-    if c[0] == "v":
-        return c
-    return (c[0], lower(c[1]), lower(c[2]))
 
 
 # ---- interval evaluation of compiled index expressions ---------------------------------------
