@@ -330,8 +330,6 @@ class Predictor:
                 new.setdefault(k, f)  # the first of a content two workers both featurized
         # a hit was in the cache when the workers started, and nothing leaves it before the puts below
         feats = [new[k] if k in new else cache.get_key(k) for k, _, _ in got]
-        for sch, (k, _, _) in zip(schs, got):
-            cache.remember(sch, k)  # keys the workers computed: this object is not hashed again
         for k, f in new.items():
             cache.put_key(k, f)
         cache.misses += len(new)
@@ -512,64 +510,42 @@ class FeatureCache:
     stay the same (each content's member outputs and embedding are kept beside its features; an online
     correction and the round's diversity penalty are applied afresh at every call). The key is what the
     featurizer reads (``perfmodel.featurize.content_key``: the module's structural hash and the trace's
-    inline count); a schedule object seen before finds its key without hashing again (each such entry
-    keeps the object and its module alive, so no other object can take their addresses meanwhile). A
-    cache belongs to one predictor's granularity (make a new one for another); tasks can share one
-    (their modules differ).
+    inline count), hashed afresh for every schedule handed in, also an object seen before: keeping
+    objects to know them again would keep them alive, and freeing a schedule that only the cache still
+    holds costs ~0.1-0.5 ms (its module, trace and state), more than the hash it saves (measured live:
+    such a map of 1,024 objects spent 0.67 s of GRP-3's 6.1 s of scoring in 64 trials, mostly
+    freeing, to skip the hash of the 11-12% of candidates handed in again). A cache belongs to one
+    predictor's granularity (make a new one for another); tasks can share one (their modules differ).
 
     Args:
         size: schedules (distinct contents) whose features are kept, least recently used dropped first
             (a few KB each).
-        objects: schedule objects whose key is remembered (each keeps its schedule alive: ~125 KB).
     """
 
     MISS = object()  # ``get``'s answer for a schedule not in the cache (``None`` is a cached failure)
 
-    def __init__(self, *, size: int = 4096, objects: int = 1024) -> None:
-        self.size, self.objects = int(size), int(objects)
+    def __init__(self, *, size: int = 4096) -> None:
+        self.size = int(size)
         self.hits = 0  # schedules scored without featurizing them (``predict_schedules`` counts)
         self.misses = 0  # schedules featurized
         self.output_hits = 0  # schedules scored without running the network on them
         self._feats: OrderedDict[Any, Any] = OrderedDict()  # content key -> features
         self._outs: dict[Any, tuple[Any, float, Any]] = {}  # content key -> (weights and target, FLOPs, outputs)
-        self._keys: OrderedDict[tuple[int, int], tuple[Any, Any, Any]] = OrderedDict()  # object -> content key
         self._serial = itertools.count()
 
     def __len__(self) -> int:
         """Schedules (distinct contents) whose features are kept."""
         return len(self._feats)
 
-    @staticmethod
-    def _ident(sch: Any) -> tuple[int, int]:
-        """The identity of a schedule (or module) and of its (immutable) module."""
-        return sch.__chandle__(), getattr(sch, "mod", sch).__chandle__()
-
     def key(self, sch: Any) -> Any:
-        """The content key of a schedule (or module), hashed once per object while the object is
-        remembered; an object that cannot be hashed is keyed by its identity."""
-        ident = self._ident(sch)
-        entry = self._keys.get(ident)
-        if entry is not None:
-            self._keys.move_to_end(ident)
-            return entry[2]
+        """The content key of a schedule (or module); one that cannot be hashed gets a key of its own
+        (only this call's object has it)."""
         from perfmodel.featurize import content_key
 
         try:
-            key: Any = content_key(sch)
-        except Exception:  # noqa: BLE001  e.g. a module TVM cannot hash: then only this object hits
-            key = ("object", os.getpid(), next(self._serial))  # unique (forked workers too): this object only
-        self.remember(sch, key)
-        return key
-
-    def remember(self, sch: Any, key: Any) -> None:
-        """Remembers that ``sch`` has content key ``key`` (computed elsewhere: a forked worker)."""
-        ident = self._ident(sch)
-        if ident in self._keys:
-            self._keys.move_to_end(ident)
-            return
-        self._keys[ident] = (sch, getattr(sch, "mod", sch), key)
-        while len(self._keys) > max(1, self.objects):
-            self._keys.popitem(last=False)
+            return content_key(sch)
+        except Exception:  # noqa: BLE001  e.g. a module TVM cannot hash
+            return ("object", os.getpid(), next(self._serial))  # unique, forked workers too
 
     def __contains__(self, key: Any) -> bool:
         """Whether the features of content ``key`` are kept."""
@@ -947,25 +923,39 @@ class RoundDiversity:
                     else (_sqdist(z, meas) <= same).any(1))
         lz, lraw, ly, lsig = self._lead.get(task, (np.zeros((0, z.shape[1])), np.zeros(0), np.zeros(0), []))
         use_sig = self.signature > 0 and sigs is not None
-        for i in np.argsort(log_t, kind="stable"):
-            if not np.isfinite(log_t[i]):
-                continue
-            d2 = _sqdist(z[i:i + 1], lz)[0]
+        if use_sig:  # signatures as small integers, the leaders' (from earlier calls) included
+            codes: dict[Any, int] = {}
+            code = np.array([codes.setdefault(sg, len(codes)) for sg in sigs], dtype=np.int64)
+        order = np.argsort(log_t, kind="stable")
+        order = order[np.isfinite(log_t[order])]
+        r2, pos = r * r, 0
+        # Candidates in order of predicted time; the leaders change only at some of them, so each block of
+        # candidates is scored against the leaders at once, up to the first one that changes them.
+        while pos < len(order):
+            idx = order[pos:pos + (16 if len(ly) < self.leaders else 128)]
+            d2 = _sqdist(z[idx], lz)  # [b, leaders]
             # leaders predicted at least as fast (before their own penalty), not the candidate itself
-            near = (lraw <= log_t[i]) & (d2 > same)
-            pen[i] = self.weight * float(np.exp(-d2[near] / (r * r)).sum())
-            sig = sigs[i] if use_sig else None
+            near = (lraw[None, :] <= log_t[idx, None]) & (d2 > same)
+            p = self.weight * np.where(near, np.exp(-d2 / r2), 0.0).sum(1)
             if use_sig:
-                pen[i] += self.signature * sum(1 for k in np.flatnonzero(near) if lsig[k] == sig)
-            y = log_t[i] + pen[i]
-            if measured[i] or (d2 <= same).any():
-                continue  # a measured candidate, or a leader already
+                lcode = np.array([codes.setdefault(sg, len(codes)) for sg in lsig], dtype=np.int64)
+                p = p + self.signature * (near & (lcode[None, :] == code[idx, None])).sum(1)
+            y = log_t[idx] + p
+            free = ~measured[idx] & ~(d2 <= same).any(1)  # not measured, not a leader already
+            change = free if len(ly) < self.leaders else free & (y < (ly.max() if len(ly) else np.inf))
+            hit = np.flatnonzero(change)
+            n = int(hit[0]) + 1 if len(hit) else len(idx)
+            pen[idx[:n]] = p[:n]
+            pos += n
+            if not len(hit):
+                continue
+            i, sig = int(idx[n - 1]), sigs[int(idx[n - 1])] if use_sig else None
             if len(ly) < self.leaders:
-                lz, lraw, ly = np.vstack([lz, z[i]]), np.append(lraw, log_t[i]), np.append(ly, y)
+                lz, lraw, ly = np.vstack([lz, z[i]]), np.append(lraw, log_t[i]), np.append(ly, y[n - 1])
                 lsig = [*lsig, sig]
-            elif y < ly.max():
+            else:
                 w = int(np.argmax(ly))
-                lz[w], lraw[w], ly[w] = z[i], log_t[i], y
+                lz[w], lraw[w], ly[w] = z[i], log_t[i], y[n - 1]
                 lsig[w] = sig
         self._lead[task] = (lz, lraw, ly, lsig)
         return pen
