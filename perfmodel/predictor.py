@@ -63,6 +63,7 @@ class Predictor:
         self.target_vocab: list[dict[str, Any]] = [dict(t) for t in meta.get("target_vocab") or []]
         self._opt: torch.optim.Optimizer | None = None
         self._weights = next(_WEIGHTS)  # these weights, as a FeatureCache's outputs name them (new per fine-tune)
+        self._fork_costs: dict[float, Any] = {}  # FLOPs (one task's calls) -> its featurizing calls' ForkCosts
 
     # ------------------------------------------------------------ loading
     @classmethod
@@ -308,7 +309,7 @@ class Predictor:
         if cache is None:
             feats, keys = self._features_isolated(schs), None
         else:
-            feats, keys = self._features_cached(schs, cache)
+            feats, keys = self._features_cached(schs, cache, fl[0])
         ok = [i for i, f in enumerate(feats) if f is not None]
         out = np.full(len(schs), np.inf)
         if ok:
@@ -317,13 +318,17 @@ class Predictor:
             out[ok] = self._combine(m, emb, explore, correction)
         return out
 
-    def _features_cached(self, schs: Sequence[Any], cache: FeatureCache) -> tuple[list[Any], list[Any]]:
+    def _features_cached(self, schs: Sequence[Any], cache: FeatureCache,
+                         flops: float) -> tuple[list[Any], list[Any]]:
         """The features of ``schs`` and their content keys, each content featurized once: those in ``cache``
-        taken from it, the others computed (keys and features on ``featurize_workers`` cores) and added to it."""
+        taken from it, the others computed (keys and features on ``featurize_workers`` cores when forking
+        pays by the earlier calls with these ``flops``: one task's, see ``ForkCosts``) and added to it."""
         from perfmodel.featurize import features_keyed
+        from perfmodel.featurize.forked import ForkCosts
 
+        costs = self._fork_costs.setdefault(flops, ForkCosts())
         got = features_keyed(schs, key=cache.key, known=cache.__contains__, granularity=self.granularity,
-                             workers=self.featurize_workers)
+                             workers=self.featurize_workers, costs=costs)
         new: dict[Any, Any] = {}
         for k, hit, f in got:
             if not hit:

@@ -259,7 +259,8 @@ def _print_summary(out: dict[str, Any]) -> None:
         print(f"GNN: {gn['fallback']} candidates got the fallback score, {gn['errors']} errors; "
               f"{gn.get('cache_hits', 0)} scored with the features of a schedule scored before "
               f"({gn.get('output_hits', 0)} with its network outputs too); "
-              f"{gn['featurized_by_workers']} featurized by forked workers ({gn['worker_failures']} worker failures)")
+              f"{gn['featurized_by_workers']} featurized by forked workers ({gn['worker_failures']} worker failures; "
+              f"{gn.get('unforked_calls', 0)} calls not forked: too little to featurize)")
     g = out.get("guard") or {}
     if g.get("remeasured") or g.get("waited_s"):
         print(f"guard: {g['remeasured']} disturbed batches timed again ({g['remeasure_s']:.1f} s) and "

@@ -579,7 +579,8 @@ def features_many(schs: Iterable[Any], *, granularity: str = "stage", errors: st
 
 
 def features_keyed(schs: Iterable[Any], *, key: Callable[[Any], Any], known: Callable[[Any], bool],
-                   granularity: str = "stage", workers: int = 1) -> list[tuple[Any, bool, Features | None]]:
+                   granularity: str = "stage", workers: int = 1,
+                   costs: Any = None) -> list[tuple[Any, bool, Features | None]]:
     """``(key(s), hit, features)`` of each schedule, for a cache of features by content.
 
     ``hit``: ``known(key(s))``, or the same key came earlier in this process's share of the list; then
@@ -587,7 +588,8 @@ def features_keyed(schs: Iterable[Any], *, key: Callable[[Any], Any], known: Cal
     (``None``: the featurizer does not handle it, or failed on it). ``workers`` > 1: the keys (a
     structural hash costs ~80 us) and the features are computed on that many cores by forked
     children (as ``features_many``; results without ``program``), which read ``known`` as it was
-    when they were forked.
+    when they were forked; ``costs``: a ``perfmodel.featurize.forked.ForkCosts`` of the stream of calls
+    this one belongs to (then they fork only when that pays).
     """
     schs = list(schs)
 
@@ -616,7 +618,7 @@ def features_keyed(schs: Iterable[Any], *, key: Callable[[Any], Any], known: Cal
                 _light([f for _, _, f in res])
                 return res
 
-            return forked_map(light, schs, workers=workers)
+            return forked_map(light, schs, workers=workers, costs=costs)
         return share(schs)
 
 

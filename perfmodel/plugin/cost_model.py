@@ -161,7 +161,7 @@ class GNNCostModel(ms.cost_model.PyCostModel):
                 log.warning("GNNCostModel: %s", task["mismatch"])
             self.stats.target_mismatch += 1
         cache = self.features if self.features.size else None
-        before = (FORKS.child_items, FORKS.redone, self.features.hits, self.features.output_hits)
+        before = (FORKS.child_items, FORKS.redone, self.features.hits, self.features.output_hits, FORKS.unforked)
         schs = [c.sch for c in candidates]
         sigs = _signatures(schs) if self.diversity.signature > 0 and self.diversity.active(task["key"]) else None
         log_t = self.predictor.predict_schedules(schs, flops=task["flops"], batch_size=self.batch_size, cache=cache,
@@ -169,6 +169,7 @@ class GNNCostModel(ms.cost_model.PyCostModel):
                                                  correction=self._adjustment(task["key"], sigs))
         self.stats.featurized_by_workers += FORKS.child_items - before[0]
         self.stats.worker_failures += FORKS.redone - before[1]
+        self.stats.unforked_calls += FORKS.unforked - before[4]
         self.stats.cache_hits += self.features.hits - before[2]
         self.stats.output_hits += self.features.output_hits - before[3]
         with np.errstate(invalid="ignore"):

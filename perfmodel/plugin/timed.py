@@ -35,6 +35,8 @@ class CostModelStats:
         featurized_by_workers: candidates featurized by forked workers (GNN with ``featurize_workers`` > 1).
         worker_failures: forked workers that failed, died or ran late; their candidates were featurized
             in the tuning process instead (GNN only).
+        unforked_calls: ``predict`` calls featurized in the tuning process alone because forking would not
+            have paid (their candidates mostly cached: ``perfmodel.featurize.forked.ForkCosts``; GNN only).
         cache_hits: candidates scored with the features of a schedule scored before (the same object or
             the same module; GNN only): not featurized again.
         output_hits: candidates scored with the network's outputs for a schedule of the same content scored
@@ -56,6 +58,7 @@ class CostModelStats:
     errors: int = 0
     featurized_by_workers: int = 0
     worker_failures: int = 0
+    unforked_calls: int = 0
     cache_hits: int = 0
     output_hits: int = 0
     ridge_alphas: list[float | None] = field(default_factory=list)

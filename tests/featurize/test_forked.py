@@ -11,7 +11,7 @@ import numpy as np
 import psutil
 import pytest
 
-from perfmodel.featurize.forked import STATS, forked_map, reap
+from perfmodel.featurize.forked import STATS, ForkCosts, forked_map, reap
 
 PARENT = os.getpid()
 
@@ -59,6 +59,34 @@ def test_forked_map_equals_the_plain_map_in_order_and_shares_the_work() -> None:
 def test_forked_map_stays_in_process_for_one_worker_or_few_items(workers: int, n: int) -> None:
     out = forked_map(_square_with_pid, list(range(n)), workers=workers, min_per_worker=32)
     assert {p for _, p in out} == {PARENT}
+
+
+def _cheap_with_pid(part):
+    return [(x * x, os.getpid()) for x in part]
+
+
+def _slow_with_pid(part):
+    time.sleep(0.002 * len(part))  # 2 ms an item: a fork (~10-40 ms) pays for itself on 64 items
+    return [(x * x, os.getpid()) for x in part]
+
+
+def test_forked_map_with_costs_forks_only_while_it_pays() -> None:
+    """With ``costs``: the first call forks (nothing known yet) and measures; work too small to pay for a
+    fork then stays in this process (same results, counted in ``STATS.unforked``), work that pays keeps forking."""
+    items = list(range(64))
+    cheap, slow = ForkCosts(), ForkCosts()
+    forked_map(_cheap_with_pid, items, workers=2, min_per_worker=8, chunk=4, costs=cheap)
+    assert cheap.per_item is not None and cheap.overhead is not None and cheap.overhead > 0
+    unforked = STATS.unforked
+    for _ in range(3):
+        out = forked_map(_cheap_with_pid, items, workers=2, min_per_worker=8, chunk=4, costs=cheap)
+        assert [v for v, _ in out] == [x * x for x in items] and {p for _, p in out} == {PARENT}
+    assert STATS.unforked == unforked + 3 and not cheap.pays(len(items), 2)
+    for _ in range(3):
+        out = forked_map(_slow_with_pid, items, workers=2, min_per_worker=8, chunk=4, costs=slow)
+        assert [v for v, _ in out] == [x * x for x in items] and len({p for _, p in out}) == 2
+    assert STATS.unforked == unforked + 3 and slow.pays(len(items), 2)
+    assert _no_children_left()
 
 
 def _fails_in_child(part):
