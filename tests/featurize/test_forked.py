@@ -66,7 +66,7 @@ def _cheap_with_pid(part):
 
 
 def _slow_with_pid(part):
-    time.sleep(0.002 * len(part))  # 2 ms an item: a fork (~10-40 ms) pays for itself on 64 items
+    time.sleep(0.01 * len(part))  # 10 ms an item: a fork (~10-40 ms, more in a busy test process) pays on 64
     return [(x * x, os.getpid()) for x in part]
 
 
