@@ -367,12 +367,13 @@ def _stage_key(st: Any, nest: list, bufs: dict) -> bytes:
     tuples, the memo's keys were ~200k objects the garbage collector scanned in every full collection of
     a tuning process (their innermost tuples are untracked one nesting level per collection); bytes are
     not scanned, and cost ~6 us a stage to write."""
-    return marshal.dumps((tuple([(lp.var_key, lp.extent, lp.min, lp.kind, lp.unroll_step, lp.unroll_explicit, lp.stages)
-                   for lp in nest]), tuple(st.frames), st.store.buf, st.store.indices,
-            tuple([(a.buf, a.indices) for a in st.loads]), tuple(st.ops), st.space, st.reduce, st.n_space,
-            st.n_reduce, st.is_init, st.predicate,
-            tuple([(b, tuple(bufs[b].shape), bufs[b].nbytes, bufs[b].local, bufs[b].param)
-                   for b in {st.store.buf: 0, **{a.buf: 0 for a in st.loads}}])), 2)
+    key = (tuple([(lp.var_key, lp.extent, lp.min, lp.kind, lp.unroll_step, lp.unroll_explicit, lp.stages)
+                  for lp in nest]), tuple(st.frames), st.store.buf, st.store.indices,
+           tuple([(a.buf, a.indices) for a in st.loads]), tuple(st.ops), st.space, st.reduce, st.n_space,
+           st.n_reduce, st.is_init, st.predicate,
+           tuple([(b, tuple(bufs[b].shape), bufs[b].nbytes, bufs[b].local, bufs[b].param)
+                  for b in {st.store.buf: 0, **{a.buf: 0 for a in st.loads}}]))
+    return marshal.dumps(key, 2)
 
 
 class _StageMemo(dict):
