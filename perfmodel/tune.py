@@ -32,8 +32,10 @@ def _cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
-def resolve_tasks(cfg: Any) -> tuple[str, list[Any]]:
-    """The run's label and its ``TuneTask``s: the registry task ``cfg.task``, or every task of ``cfg.network``.
+def resolve_tasks(cfg: Any) -> tuple[str, list[Any], list[str]]:
+    """The run's label, its ``TuneTask``s and the tasks left out: the registry task ``cfg.task``, or the tasks of
+    ``cfg.network`` that its build runs (a network's tasks that Relax lowers to a VM builtin, so that its build
+    never calls them, are left out: :func:`perfmodel.plugin.network.called_prim_funcs`).
 
     Raises:
         KeyError: an unknown task (``UnknownTaskError``).
@@ -43,6 +45,7 @@ def resolve_tasks(cfg: Any) -> tuple[str, list[Any]]:
     from perfmodel.plugin.search import TuneTask
 
     if cfg.get("network"):
+        from perfmodel.plugin.network import called_prim_funcs
         from perfmodel.reference_networks import NETWORKS
 
         net, batch = str(cfg.network), int(cfg.batch)
@@ -56,12 +59,15 @@ def resolve_tasks(cfg: Any) -> tuple[str, list[Any]]:
 
             tasks = [TuneTask(name=e["name"], mod=tvm.ir.load_json(e["mod"]), weight=float(e["weight"]))
                      for e in workloads.extract_network_tasks(net, batch)]
+        called = called_prim_funcs(workloads.network_relax_mod(net, batch)[0])
+        skipped = [t.name for t in tasks if t.name.split("/", 1)[1] not in called]
+        tasks = [t for t in tasks if t.name not in skipped]
         if not tasks:
             raise ValueError(f"network {net} at batch {batch} has no tuning tasks")
-        return f"{net}-b{batch}", tasks
+        return f"{net}-b{batch}", tasks, skipped
     name = str(cfg.task)
     task = workloads.get_task(name)
-    return name, [TuneTask(name=name, mod=task.mod, weight=1.0)]
+    return name, [TuneTask(name=name, mod=task.mod, weight=1.0)], []
 
 
 def build_cost_model(cfg: Any) -> Any:
@@ -136,7 +142,8 @@ def tune(cfg: Any) -> dict[str, Any]:
         ``best_s`` (best latency found: the task's, or the weighted network sum once every task has a
         valid record), ``tasks`` (best seconds per task), ``curve`` (best after each trial),
         ``seconds`` (seconds since the tuning started at which each trial was measured), ``trials``,
-        ``untuned_tasks`` (no valid record), ``tune_s``, ``cost_model`` (its counters, e.g.
+        ``untuned_tasks`` (no valid record), ``skipped_tasks`` (a network's tasks its build never runs, not
+        tuned: :func:`resolve_tasks`), ``tune_s``, ``cost_model`` (its counters, e.g.
         ``predict_s``, ``predict_per_s``), ``cost_model_share`` (seconds inside predict + update /
         tuning seconds), ``work_dir``, ``plot``, ``target`` (``{kind, mcpu, threads}`` tuned for), for
         the GNN ``checkpoint`` (:func:`run_checkpoint`) and ``gnn_settings`` (:func:`run_settings`). A
@@ -145,7 +152,7 @@ def tune(cfg: Any) -> dict[str, Any]:
         ``untuned_latency_ms``, ``torch_eager_ms`` and their details (or ``network_error``).
     """
     os.environ["TVM_NUM_THREADS"] = str(int(cfg.threads))  # before the runner's worker starts
-    label, tasks = resolve_tasks(cfg)
+    label, tasks, skipped = resolve_tasks(cfg)
     model = build_cost_model(cfg)  # a bad checkpoint fails here, before any tuning
 
     import tvm
@@ -167,6 +174,9 @@ def tune(cfg: Any) -> dict[str, Any]:
                          num_threads=int(cfg.get("search_threads") or physical_cores()))
     print(f"tuning {label} ({len(tasks)} task{'s' if len(tasks) > 1 else ''}) with cost model {cfg.cost_model}, "
           f"{cfg.trials} trials -> {work_dir}", flush=True)
+    if skipped:
+        print(f"left out {len(skipped)} of {len(tasks) + len(skipped)} tasks that the network's build never runs "
+              f"(Relax lowers them to a VM builtin): {', '.join(skipped)}", flush=True)
     note = budget_note(len(tasks), int(cfg.trials), int(cfg.trials_per_iter), cfg.get("max_trials_per_task"))
     if note:
         print(note, flush=True)
@@ -199,6 +209,7 @@ def tune(cfg: Any) -> dict[str, Any]:
         "label": label, "cost_model_name": str(cfg.cost_model), "best_s": _fin(curve[-1] if curve else math.inf),
         "tasks": {k: _fin(v) for k, v in best.items()}, "curve": [_fin(v) for v in curve], "trials": len(curve),
         "seconds": seconds, "untuned_tasks": [k for k, v in best.items() if not math.isfinite(v)],
+        "skipped_tasks": skipped,
         "tune_s": round(tune_s, 2), "cost_model": stats.as_dict(),
         "cost_model_share": round(stats.model_s / tune_s, 4) if tune_s > 0 else None,
         "work_dir": str(work_dir), "plot": None, "target": target_summary(target),

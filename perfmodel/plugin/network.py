@@ -42,6 +42,22 @@ def compile_network(mod: Any, target: Any, work_dir: str | Path | None = None) -
     return relax.build(mod, target), scheduled
 
 
+def called_prim_funcs(mod: Any) -> set[str]:
+    """Names of the PrimFuncs that a VM build of the fused Relax module ``mod`` calls.
+
+    Relax's build lowers a call of a PrimFunc that only reshapes (``relax.analysis.has_reshape_pattern``)
+    to the VM's ``vm.builtin.reshape`` (``RewriteDataflowReshape``), and the PrimFunc is dropped as dead
+    code: such a function is a tuning task of the network that its build never runs (BERT layer: ``reshape``
+    and ``reshape6`` of 18; ResNet-18 and MobileNetV2: ``reshape``).
+    """
+    import tvm
+    from tvm import relax
+
+    lowered = tvm.transform.Sequential([relax.transform.RewriteDataflowReshape(),
+                                        relax.transform.DeadCodeElimination()])(mod)
+    return {gv.name_hint for gv, f in lowered.functions.items() if isinstance(f, tvm.tirx.PrimFunc)}
+
+
 def time_vm(executable: Any, x: Any, *, repeat: int, min_repeat_ms: int) -> tuple[list[float], Any]:
     """Seconds of ``repeat`` timings of the VM's ``main`` on ``x`` (one warm-up run first), and its output.
 
