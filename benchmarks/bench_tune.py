@@ -30,7 +30,10 @@ Last line: JSON with ``trials_saved_vs_xgb`` (median over tasks and seeds of the
 reach its final best / the trials the GNN took to reach it; the GNN's whole budget when it never
 did, an upper bound), ``seconds_saved_vs_xgb`` (the same with seconds), ``final_best_ratio_vs_xgb``
 (geometric mean over tasks and seeds of GNN final best / XGB final best; lower is better),
-``network_latency_ms`` (per model, measured end to end), ``cost_model_share`` (per model),
+``network_latency_ms`` (per model, measured end to end: every model's database built ``--network-builds``
+times and timed in this one process, alternated, since timings of two processes are not comparable here;
+each run's own timing, taken after its tuning, is ``network.network_latency_ms_own_run``),
+``cost_model_share`` (per model),
 ``predict_per_s_gnn``, ``predict_per_s_xgb``, ``network`` (the network's details) and ``tasks``
 (per task: best latency at each budget of trials and of seconds, per model and seed). GNN modes
 that ``--models`` may add beside ``gnn`` (each its own runs and comparison with XGB, and its own
@@ -44,9 +47,9 @@ with one seed and one model draw different candidates from the first round on, s
 independent replicates, not paired runs (RESULTS.md). ``--override`` enters every run's settings, which
 the resume check compares: use a fresh ``--out`` for it.
 
-    python benchmarks/bench_tune.py [--quick] [--tasks A,B] [--models gnn,gnn-explore,gnn-gp,xgb,random] [--trials N]
-        [--seeds 1,2] [--network bert_layer|resnet18|none]
-        [--network-trials N] [--checkpoint PATH] [--no-guard] [--override KEY=VALUE ...] [--out DIR]
+    python benchmarks/bench_tune.py [--quick] [--tasks A,B|none] [--models gnn,gnn-explore,gnn-gp,xgb,random]
+        [--trials N] [--seeds 1,2] [--network bert_layer|resnet18|none] [--network-trials N] [--network-builds N]
+        [--checkpoint PATH] [--no-guard] [--override KEY=VALUE ...] [--out DIR]
 """
 
 from __future__ import annotations
@@ -352,13 +355,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true",
                     help=f"{len(QUICK_TASKS)} tasks, 64 trials, one seed, population 256, run timeout 5 s, no network")
-    ap.add_argument("--tasks", default=None, help="comma-separated registry tasks (default: the unseen set)")
+    ap.add_argument("--tasks", default=None,
+                    help="comma-separated registry tasks (default: the unseen set; none: only the network)")
     ap.add_argument("--models", default=",".join(MODELS), help="comma-separated cost models (default gnn,xgb,random)")
     ap.add_argument("--trials", type=int, default=None, help="budget per task (default 256, quick 64)")
     ap.add_argument("--seeds", default=None, help="comma-separated search seeds (default 1,2; quick 1)")
     ap.add_argument("--network", default=None, help="bert_layer | resnet18 | mobilenetv2 | none (default bert_layer, quick none)")
     ap.add_argument("--network-batch", type=int, default=1)
     ap.add_argument("--network-trials", type=int, default=512, help="global budget over the network's tasks")
+    ap.add_argument("--network-builds", type=int, default=4,
+                    help="builds of each model's network database, timed alternated in one process "
+                         "(0: each run's own timing)")
     ap.add_argument("--per-iter", type=int, default=16, help="candidates measured per search round")
     ap.add_argument("--population", type=int, default=None, help="evolutionary population (default 512, quick 256)")
     ap.add_argument("--checkpoint", default=None, help="GNN checkpoint (default: the shipped one)")
@@ -379,7 +386,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     seeds = [int(s) for s in (args.seeds or ("1" if args.quick else "1,2")).split(",")]
     models = args.models.split(",")
     network = args.network or ("none" if args.quick else "bert_layer")
-    tasks = args.tasks.split(",") if args.tasks else (QUICK_TASKS if args.quick else TASKS)
+    tasks = QUICK_TASKS if args.quick else TASKS
+    if args.tasks:
+        tasks = [] if args.tasks == "none" else args.tasks.split(",")
     os.environ.setdefault("TVM_NUM_THREADS", "1")
 
     from perfmodel.plugin import DEFAULT_CHECKPOINT
@@ -440,6 +449,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for key in ("network_latency_ms", "untuned_latency_ms", "torch_eager_ms", "estimate_ms", "untuned_tasks",
                     "scheduled_funcs", "prim_funcs", "network_error"):
             net_rep[key] = {m: r.get(key) for (m, _), r in runs.items() if "error" not in r}
+        if args.network_builds > 0:
+            _time_side_by_side(net_rep, network, args.network_batch, {
+                m: run_dir(out_dir, label, m, seeds[0]) for (m, _), r in runs.items()
+                if "error" not in r and not all_failed(r)}, builds=args.network_builds, overrides=common)
         net_rep["plot"] = str(plot_curves({m: curve_of(r) for (m, _), r in runs.items() if "error" not in r},
                                           out_dir / label / "best_latency.png",
                                           title=f"{label}: network estimate vs trials and seconds",
@@ -478,6 +491,31 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     _print_summary(res, len(tasks), seeds)
     print(json.dumps(res))
     return res
+
+
+def _time_side_by_side(net_rep: dict, network: str, batch: int, work_dirs: dict[str, Path], *, builds: int,
+                       overrides: list[str]) -> None:
+    """Replaces ``net_rep["network_latency_ms"]`` (each run's own timing, kept as ``network_latency_ms_own_run``)
+    by the models' databases timed side by side in this process (:func:`perfmodel.plugin.network.time_databases`,
+    kept as ``same_run``); with fewer than two databases, or when that fails (``same_run_error``), it stays."""
+    from perfmodel import tune
+    from perfmodel.config import compose
+    from perfmodel.plugin.network import time_databases
+
+    if len(work_dirs) < 2:
+        return
+    print(f"\n=== {net_rep['label']}: {', '.join(work_dirs)} databases, {builds} builds each, timed alternated in this "
+          "process", flush=True)
+    try:
+        same = time_databases(network, batch, target=tune.tune_target(compose("tune", overrides)),
+                              work_dirs=work_dirs, builds=builds)
+    except Exception as e:  # noqa: BLE001  the runs' own timings stay
+        net_rep["same_run_error"] = f"{type(e).__name__}: {e}".strip().splitlines()[0][:300]
+        print(f"side-by-side timing failed ({net_rep['same_run_error']}): each run's own timing stays", flush=True)
+        return
+    net_rep["network_latency_ms_own_run"] = net_rep["network_latency_ms"]
+    net_rep["network_latency_ms"] = {m: same["latency_ms"].get(m) for m in net_rep["network_latency_ms"]}
+    net_rep["same_run"] = same
 
 
 def _saved(prefix: str, cmps: list[dict]) -> dict[str, Any]:
@@ -553,6 +591,14 @@ def _print_network(rep: dict) -> None:
         print(f"{m:8s}" + "".join(f"{'-' if v is None else f'{v:.3f}':>12s}" for v in row)
               + (f"  untuned tasks: {len(rep['untuned_tasks'][m])}" if rep["untuned_tasks"].get(m) else "")
               + (f"  error: {rep['network_error'][m]}" if rep["network_error"].get(m) else ""))
+    if "same_run" in rep:
+        same = rep["same_run"]
+        print(f"tuned: every database built {len(next(iter(same['builds_ms'].values())))} times, timed alternated in "
+              f"one process ({same['seconds']:.0f} s, other processes {same['foreign_cores']:.2f} cores); "
+              "each run's own timing: " + ", ".join(
+                  f"{m} {'-' if v is None else f'{v:.3f}'}" for m, v in rep["network_latency_ms_own_run"].items()))
+        for m, b in same["builds_ms"].items():
+            print(f"  {m:8s} builds: " + ", ".join(f"{v:.3f}" for v in b) + " ms")
 
 
 def _print_summary(res: dict, n_tasks: int, seeds: list[int]) -> None:

@@ -47,6 +47,15 @@ def test_compare_trials_and_seconds(bench) -> None:
     assert bench.best_at_seconds([3.0], [10], 5) == math.inf
 
 
+def test_side_by_side_network_timing_keeps_the_runs_own_when_it_cannot_run(bench, tmp_path: Path) -> None:
+    own = {"gnn": 12.0, "xgb": 13.0}
+    rep = {"label": "nope-b1", "network_latency_ms": dict(own)}
+    bench._time_side_by_side(rep, "nope", 1, {"gnn": tmp_path / "a"}, builds=2, overrides=[])  # one database: nothing
+    assert rep == {"label": "nope-b1", "network_latency_ms": own}
+    bench._time_side_by_side(rep, "nope", 1, {"gnn": tmp_path / "a", "xgb": tmp_path / "b"}, builds=2, overrides=[])
+    assert rep["network_latency_ms"] == own and "same_run" not in rep and "nope" in rep["same_run_error"]
+
+
 def test_task_report_goes_on_past_a_run_whose_every_candidate_failed(bench) -> None:
     runs = {("gnn", 1): {**_run([4.0, 2.0], [30, 70]), "guard": {"remeasured": 2, "waited_s": 3.0, "remeasure_s": 9.5}},
             ("xgb", 1): _run([None, None], [20, 40]),

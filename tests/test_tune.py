@@ -174,3 +174,13 @@ def test_network_too_small_a_budget_is_called_out_then_compiled_and_timed(tmp_pa
     assert "inside the tuned network" in printed and rows[1] in printed
     summary = json.loads((tmp_path / "tune_summary.json").read_text())
     assert {"network_latency_ms", "untuned_latency_ms", "torch_eager_ms", "estimate_ms", "untuned_tasks"} <= set(summary)
+    # this database and the untuned build, side by side in this process: each built twice, alternated
+    from perfmodel.plugin.network import time_databases
+    from perfmodel.tune import tune_target
+
+    same = time_databases("bert_layer", 1, target=tune_target(cfg), work_dirs={"tuned": tmp_path, "untuned": None},
+                          builds=2, repeat=1, min_repeat_ms=1)
+    assert same["order"] == ["tuned", "untuned", "untuned", "tuned"]
+    assert same["scheduled_funcs"] == {"tuned": 2, "untuned": 0}
+    assert all(len(b) == 2 and min(b) > 0 for b in same["builds_ms"].values())
+    assert all(same["latency_ms"][k] == round(sum(b) / 2, 4) for k, b in same["builds_ms"].items())

@@ -179,6 +179,45 @@ def measure_network(net: str, batch: int, *, target: Any, work_dir: str | Path, 
     }
 
 
+def time_databases(net: str, batch: int, *, target: Any, work_dirs: dict[str, str | Path | None], threads: int = 1,
+                   builds: int = 4, repeat: int = 3, min_repeat_ms: int = 200) -> dict[str, Any]:
+    """Network ``net`` at ``batch`` built with each database of ``work_dirs`` and timed in this one process, alternated.
+
+    Timings of two processes are not comparable on this machine (the same code runs at one of two speeds
+    per process, RESULTS.md), and a build's own placement of code and data moves its time by a few
+    percent; so each database is built ``builds`` times, in rounds that build and time every database
+    once, each round in another order (rotated). A build's latency is the median of ``repeat`` timings of
+    at least ``min_repeat_ms`` each; a database's is the median over its builds. ``None`` as a work dir is
+    the untuned build. On ``threads`` threads (``TVM_NUM_THREADS``).
+
+    Returns:
+        ``latency_ms`` (per label), ``builds_ms`` (per label, each build's latency, in build order),
+        ``order`` (the labels in the order they were timed), ``scheduled_funcs`` (per label),
+        ``foreign_cores`` (other processes' CPU use while timing) and ``seconds`` (the whole comparison).
+    """
+    from perfmodel.collect.measure import CpuMeter
+    from perfmodel.workloads import network_relax_mod
+
+    os.environ["TVM_NUM_THREADS"] = str(int(threads))
+    t0 = time.perf_counter()
+    mod, _, x = network_relax_mod(net, batch)
+    labels = list(work_dirs)
+    per: dict[str, list[float]] = {k: [] for k in labels}
+    scheduled: dict[str, int] = {}
+    order: list[str] = []
+    meter = CpuMeter(lambda: [])
+    start = meter.sample()
+    for r in range(max(1, int(builds))):
+        for label in labels[r % len(labels):] + labels[:r % len(labels)]:
+            executable, scheduled[label] = compile_network(mod, target, work_dirs[label])
+            times, _ = time_vm(executable, x, repeat=repeat, min_repeat_ms=min_repeat_ms)
+            per[label].append(round(statistics.median(times) * 1e3, 4))
+            order.append(label)
+    return {"latency_ms": {k: round(statistics.median(v), 4) for k, v in per.items()}, "builds_ms": per,
+            "order": order, "scheduled_funcs": scheduled, "foreign_cores": meter.since(start)["foreign"],
+            "seconds": round(time.perf_counter() - t0, 1)}
+
+
 def _first(out: Any) -> Any:
     """The first tensor of a VM result (a PyTorch-exported ``main`` returns a tuple)."""
     while not hasattr(out, "numpy"):
