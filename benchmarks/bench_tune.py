@@ -609,9 +609,11 @@ def _print_summary(res: dict, n_tasks: int, seeds: list[int]) -> None:
     ss, fr = res["seconds_saved_vs_xgb"], res["final_best_ratio_vs_xgb"]
     print(f"seconds saved vs XGB (median): {'-' if ss is None else f'{ss:.2f}x'}; "
           f"final best GNN / XGB (geometric mean): {'-' if fr is None else f'{fr:.3f}'}")
-    print(f"scoring throughput: GNN {res['predict_per_s_gnn']:.0f}/s, XGB {res['predict_per_s_xgb']:.0f}/s "
-          f"({'met' if res['predict_per_s_gnn'] >= res['predict_per_s_xgb'] else 'NOT met'}: GNN >= XGB)")
-    print("cost model share of tuning time: " + ", ".join(f"{m} {100 * (v or 0):.1f}%" for m, v in res["cost_model_share"].items()))
+    if res["predict_per_s_xgb"]:  # measured on the tasks' runs (none: only a network was tuned)
+        print(f"scoring throughput: GNN {res['predict_per_s_gnn']:.0f}/s, XGB {res['predict_per_s_xgb']:.0f}/s "
+              f"({'met' if res['predict_per_s_gnn'] >= res['predict_per_s_xgb'] else 'NOT met'}: GNN >= XGB)")
+    print("cost model share of the tasks' tuning time: " + ", ".join(
+        f"{m} {'-' if v is None else f'{100 * v:.1f}%'}" for m, v in res["cost_model_share"].items()))
     if res["network_latency_ms"]:
         print("network latency (tuned, end to end): " + ", ".join(
             f"{m} {'-' if v is None else f'{v:.3f} ms'}" for m, v in res["network_latency_ms"].items()))
