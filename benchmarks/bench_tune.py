@@ -363,7 +363,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--network", default=None, help="bert_layer | resnet18 | mobilenetv2 | none (default bert_layer, quick none)")
     ap.add_argument("--network-batch", type=int, default=1)
     ap.add_argument("--network-trials", type=int, default=512, help="global budget over the network's tasks")
-    ap.add_argument("--network-builds", type=int, default=4,
+    ap.add_argument("--network-builds", type=int, default=10,
                     help="builds of each model's network database, timed alternated in one process "
                          "(0: each run's own timing)")
     ap.add_argument("--per-iter", type=int, default=16, help="candidates measured per search round")

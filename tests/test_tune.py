@@ -145,8 +145,9 @@ def test_tune_a_small_network(tmp_path: Path, ckpt: Path) -> None:
 
 @pytest.mark.slow
 def test_network_too_small_a_budget_is_called_out_then_compiled_and_timed(tmp_path: Path, ckpt: Path, capsys) -> None:
-    """2 trials for bert_layer's 16 tasks (of 18: two never run): said before tuning; the 2 tuned tasks' schedules go
-    into the compiled network, the 16 others keep Relax's default code; it is timed beside the untuned build and PyTorch eager."""
+    """2 trials for bert_layer's 16 tasks (of 18: two never run): said before tuning; the 2 tuned tasks' schedules
+    go into the compiled network, the 16 others keep Relax's default code; it is timed beside the untuned build and
+    PyTorch eager."""
     from perfmodel.tune import kernel_rows, tune
 
     cfg = _small(tmp_path, ckpt, "network=bert_layer", "batch=1", "cost_model=random", "trials=2", "trials_per_iter=1",

@@ -184,8 +184,8 @@ def time_databases(net: str, batch: int, *, target: Any, work_dirs: dict[str, st
     """Network ``net`` at ``batch`` built with each database of ``work_dirs`` and timed in this one process, alternated.
 
     Timings of two processes are not comparable on this machine (the same code runs at one of two speeds
-    per process, RESULTS.md), and a build's own placement of code and data moves its time by a few
-    percent; so each database is built ``builds`` times, in rounds that build and time every database
+    per process, RESULTS.md), and a build's own placement of code and data moves its time a lot (the BERT
+    layer's 10 builds of one database: 30-44 ms on a Zen 3, RESULTS.md); so each database is built ``builds`` times, in rounds that build and time every database
     once, each round in another order (rotated). A build's latency is the median of ``repeat`` timings of
     at least ``min_repeat_ms`` each; a database's is the median over its builds. ``None`` as a work dir is
     the untuned build. On ``threads`` threads (``TVM_NUM_THREADS``).
