@@ -159,8 +159,12 @@ def _load_mod(name: str) -> tvm.IRModule:
     return tvm.ir.load_json(mods[name])
 
 
+@functools.lru_cache(maxsize=4)
 def network_relax_mod(net: str, batch: int) -> tuple[tvm.IRModule, object, object]:
     """A registry network as the fused Relax module its tuning tasks come from, with the PyTorch model and input.
+
+    Kept per ``(net, batch)`` (the export takes seconds, and a network run needs it for its tasks, the tasks
+    its build runs and the build itself): callers read the three objects and never change them.
 
     The one pipeline behind both the registry's network tasks (:func:`extract_network_tasks`) and
     compiling a tuned network: PyTorch export (random weights, ``torch.manual_seed(0)``) -> Relax ->
