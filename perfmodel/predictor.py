@@ -863,6 +863,10 @@ class RoundDiversity:
     seeds, weight 0.5; RESULTS.md), against XGB: without it final bests 1.012x XGB's, XGB's final reached
     in 1.89x fewer trials and 2.52x fewer seconds; in every round 0.954x, 1.69x, 1.79x (it keeps spending
     trials away from the best); in the first 8 rounds **0.937x, 3.04x, 2.62x**: ``tune``'s default.
+    With ``stall`` the penalty acts again, after those rounds, once a task has had ``stall`` measured rounds
+    in a row without a new best time (the times given to ``measured``), until it finds one: a search stuck
+    refining one good region is spread out again (the Zen 3 full run's GRP-3 seed 2 had its best by trial
+    32, then 14 rounds without a better one). Not yet measured live: off in ``tune``.
 
     The embedding can hold two schedules that differ only in a discrete structural decision (where the
     padding stage is computed, an unroll step) close together when the model thinks the decision does not
@@ -878,19 +882,23 @@ class RoundDiversity:
         radius_quantile: quantile of the first population's pairwise distances used as ``r``.
         rounds: penalize only in a task's first this many rounds (0: in every round).
         signature: log seconds added per leader with the candidate's decision signature (0: off).
+        stall: penalize again after this many measured rounds without a new best (0: never; see above).
     """
 
     def __init__(self, *, weight: float, leaders: int = 16, radius_quantile: float = 0.05, rounds: int = 0,
-                 signature: float = 0.0) -> None:
+                 signature: float = 0.0, stall: int = 0) -> None:
         if not weight >= 0:
             raise ValueError(f"RoundDiversity: weight must be >= 0 (got {weight!r})")
         if not signature >= 0:
             raise ValueError(f"RoundDiversity: signature must be >= 0 (got {signature!r})")
         if not int(rounds) >= 0:
             raise ValueError(f"RoundDiversity: rounds must be >= 0 (got {rounds!r})")
+        if not int(stall) >= 0:
+            raise ValueError(f"RoundDiversity: stall must be >= 0 (got {stall!r})")
         self.weight, self.leaders, self.quantile = float(weight), max(1, int(leaders)), float(radius_quantile)
-        self.rounds, self.signature = int(rounds), float(signature)
+        self.rounds, self.signature, self.stall = int(rounds), float(signature), int(stall)
         self._round: dict[Any, int] = {}  # task -> rounds started before the current one
+        self._best: dict[Any, tuple[float, int]] = {}  # task -> best measured log time, the round count then
         self._scale: dict[Any, tuple[np.ndarray, float]] = {}  # task -> (unit per embedding dim, radius)
         self._lead: dict[Any, tuple[Any, ...]] = {}  # task -> leaders' units [k, E], log times, penalized [k], sigs
         self._measured: dict[Any, np.ndarray] = {}  # task -> measured candidates' units [m, E]
@@ -902,11 +910,20 @@ class RoundDiversity:
 
     def active(self, task: Any) -> bool:
         """Whether ``task``'s current round is penalized (a weight, and within the first ``rounds``)."""
-        on = self.weight > 0 or self.signature > 0
-        return on and not (self.rounds and self._round.get(task, 0) >= self.rounds)
+        if not (self.weight > 0 or self.signature > 0):
+            return False
+        n = self._round.get(task, 0)
+        if not self.rounds or n < self.rounds:
+            return True
+        return bool(self.stall) and n - self._best.get(task, (np.inf, 0))[1] >= self.stall
 
-    def measured(self, task: Any, emb: np.ndarray) -> None:
-        """Embeddings [n, E] of ``task``'s measured candidates: never leaders from now on."""
+    def measured(self, task: Any, emb: np.ndarray, log_secs: Sequence[float] | None = None) -> None:
+        """Embeddings [n, E] of ``task``'s measured candidates: never leaders from now on; with their
+        measured ``log_secs`` [n], a new best of the task ends a stall (see ``stall``)."""
+        if log_secs is not None and len(log_secs):
+            best = float(np.min(log_secs))
+            if best < self._best.get(task, (np.inf, 0))[0]:
+                self._best[task] = (best, self._round.get(task, 0))
         z = self._units(task, np.asarray(emb, dtype=np.float64))
         old = self._measured.get(task)
         self._measured[task] = z if old is None else np.concatenate([old, z])

@@ -95,6 +95,14 @@ def tune_target(cfg: Any) -> Any:
     return make_target(cfg.target if isinstance(cfg.target, str) else dict(cfg.target), int(cfg.threads))
 
 
+def measure_settings(cfg: Any) -> tuple[Any, Any]:
+    """The timing ``Protocol`` and busy-machine ``Guard`` that a composed ``conf/tune.yaml``'s run measures with."""
+    from perfmodel.collect.measure import Guard, Protocol
+
+    return (Protocol(**{"threads": int(cfg.threads), **dict(cfg.get("protocol") or {})}),
+            Guard(**dict(cfg.get("guard") or {})))
+
+
 def run_settings(cfg: Any) -> dict[str, Any] | None:
     """The options of ``GNNCostModel`` that decide how a composed ``conf/tune.yaml``'s run scores
     candidates (``None``: not the GNN): what builds the model, and what a resumed benchmark compares
@@ -112,15 +120,17 @@ def run_settings(cfg: Any) -> dict[str, Any] | None:
 
 
 def _diversity_settings(g: Any) -> dict[str, Any]:
-    """``gnn.diversity``, ``gnn.diversity_rounds`` and ``gnn.diversity_signature`` as ``run_settings`` lists
-    them: only when a penalty is on, its rounds only when limited and the signature weight only when set, so
-    that runs from before any of them existed still read back."""
+    """``gnn.diversity``, ``gnn.diversity_rounds``, ``gnn.diversity_signature`` and ``gnn.diversity_stall`` as
+    ``run_settings`` lists them: only when a penalty is on, its rounds only when limited, the signature weight
+    only when set and the stall only when it can act (rounds limited), so that runs from before any of them
+    existed still read back."""
     div, rounds = float(g.get("diversity") or 0.0), int(g.get("diversity_rounds") or 0)
-    sig = float(g.get("diversity_signature") or 0.0)
+    sig, stall = float(g.get("diversity_signature") or 0.0), int(g.get("diversity_stall") or 0)
     if not (div or sig):
         return {}
     return {"diversity": div, **({"diversity_rounds": rounds} if rounds else {}),
-            **({"diversity_signature": sig} if sig else {})}
+            **({"diversity_signature": sig} if sig else {}),
+            **({"diversity_stall": stall} if stall and rounds else {})}
 
 
 def run_checkpoint(cfg: Any) -> dict[str, str] | None:
@@ -159,7 +169,6 @@ def tune(cfg: Any) -> dict[str, Any]:
 
     from perfmodel._tvm import load_ms
     from perfmodel.workloads import target_summary
-    from perfmodel.collect.measure import Guard, Protocol
     from perfmodel.collect.runner import ProtocolRunner
     from perfmodel.plugin.search import best_curve, make_builder, make_contexts, plot_curves, tuning_callbacks
 
@@ -185,8 +194,8 @@ def tune(cfg: Any) -> dict[str, Any]:
         print(f"note: {work_dir} already holds {n_before} records; the search starts from them, and the curve "
               "and best latency below count only this run's trials", flush=True)
     builder = make_builder(str(cfg.get("builder", "persistent")), timeout_s=float(cfg.build_timeout_s))
-    protocol = Protocol(**{"threads": int(cfg.threads), **dict(cfg.get("protocol") or {})})
-    runner = ProtocolRunner(target=target, protocol=protocol, guard=Guard(**dict(cfg.get("guard") or {})))
+    protocol, guard = measure_settings(cfg)
+    runner = ProtocolRunner(target=target, protocol=protocol, guard=guard)
     callbacks, clock = tuning_callbacks(runner)  # clock.times: when each committed record was measured
     t0 = time.perf_counter()
     try:

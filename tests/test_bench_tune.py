@@ -175,6 +175,14 @@ def test_a_finished_gnn_run_of_other_options_is_never_read_back(bench, tmp_path:
     assert "diversity_signature" not in _gnn_settings([*ov, "gnn.diversity=0.5"])  # off: runs before it read back
     sig = _gnn_settings([*ov, "gnn.diversity=0", "gnn.diversity_signature=0.2"])
     assert sig["diversity_signature"] == 0.2 and sig["diversity"] == 0.0
+    # the stall only where it can act (rounds limited): a run before it existed reads back
+    assert "diversity_stall" not in _gnn_settings([*ov, "gnn.diversity=0.5", "gnn.diversity_rounds=0",
+                                                   "gnn.diversity_stall=3"])
+    assert _gnn_settings([*ov, "gnn.diversity=0.5", "gnn.diversity_rounds=8",
+                          "gnn.diversity_stall=3"])["diversity_stall"] == 3
+    assert "diversity_stall" not in _gnn_settings(ov)  # the default (0)
+    with pytest.raises(SystemExit, match="tuned with GNN options .*'diversity_stall': 3"):
+        bench.run_one(wd, [*ov, "gnn.diversity_stall=3"])
     with pytest.raises(SystemExit, match="tuned with GNN options .*'diversity': 0.7"):
         bench.run_one(wd, [*ov, "gnn.diversity=0.7"])
 
@@ -189,6 +197,31 @@ def test_scoring_throughput_is_read_back_only_for_the_same_weights(bench, tmp_pa
     ckpt.write_bytes(b"weights two")
     assert bench._throughput(path, "GMM-0", [], str(ckpt))["gnn"] == 20.0 and len(calls) == 2  # measured again
     assert json.loads(path.read_text())["gnn"] == 20.0
+
+
+def test_retimed_finals_enter_the_comparison_and_are_read_back_for_the_same_runs(bench, tmp_path: Path,
+                                                                                  monkeypatch) -> None:
+    path, calls = tmp_path / "retimed.json", []
+
+    def fake(runs: dict, *, overrides: list[str], top: int) -> dict:  # the measurement itself is the slow test's
+        calls.append(sorted(runs))
+        return {"top": top, "passes": 2, "seconds": 1.0, "pass_median_rel": 0.01,
+                "runs": {k: {"best_s": {"gnn-s1": 2.0, "xgb-s1": 2.5}.get(k, 3.0), "run_best_s": r["best_s"]}
+                         for k, r in runs.items()}}
+
+    monkeypatch.setattr(bench, "retime_finals", fake)
+    runs = {"gnn-s1": _run([4.0, 3.0], [30, 70]), "xgb-s1": _run([5.0, 2.0], [20, 40])}
+    rt = bench._retimed(path, runs, overrides=[], top=3)
+    assert bench._retimed(path, runs, overrides=[], top=3) == rt and len(calls) == 1  # read back
+    bench._retimed(path, runs, overrides=[], top=2)
+    runs["random-s1"] = _run([6.0], [10])
+    rt = bench._retimed(path, runs, overrides=[], top=2)  # another set of runs: all re-timed together
+    assert calls == [["gnn-s1", "xgb-s1"]] * 2 + [["gnn-s1", "random-s1", "xgb-s1"]]
+    rep = bench.task_report("T", {("gnn", 1): runs["gnn-s1"], ("xgb", 1): runs["xgb-s1"]}, 2)
+    bench.add_retimed(rep, rt)
+    # stored: the GNN's final 1.5x XGB's; re-timed side by side: 0.8x
+    assert rep["gnn_vs_xgb"]["1"]["final_ratio"] == 1.5 and rep["gnn_vs_xgb"]["1"]["final_ratio_retimed"] == 0.8
+    assert rep["retimed_final_s"]["random-s1"] == 3.0 and rep["retime"]["top"] == 2
 
 
 @pytest.mark.slow
@@ -212,6 +245,13 @@ def test_resume_skips_done_runs_and_redoes_unfinished_ones(bench, tmp_path: Path
     assert set(res["cost_model_share"]) == {"gnn", "xgb"} and res["predict_per_s_gnn"] > 0
     rep = res["tasks"]["GMM-0"]
     assert set(rep["best_s"]) == {"gnn-s1", "xgb-s1"} and Path(rep["plot"]).is_file()
+    # the finals re-timed side by side: each run's 3 fastest schedules, timed again, near their stored times
+    rt = json.loads((tmp_path / "GMM-0" / "retimed.json").read_text())
+    assert set(rt["runs"]) == {"gnn-s1", "xgb-s1"} and all(len(r["traces"]) == 3 for r in rt["runs"].values())
+    for key, row in rt["runs"].items():
+        assert row["best_s"] == min(row["retimed_s"]) and 0.2 < row["best_s"] / rep["final_best_s"][key] < 5, key
+    assert res["final_best_ratio_vs_xgb_retimed"] == pytest.approx(
+        rt["runs"]["gnn-s1"]["best_s"] / rt["runs"]["xgb-s1"]["best_s"], rel=1e-3)
     gnn_dir, xgb_dir = tmp_path / "GMM-0" / "gnn-s1", tmp_path / "GMM-0" / "xgb-s1"
     summary = json.loads((gnn_dir / "summary.json").read_text())
     assert len(summary["seconds"]) == len(summary["curve"]) == 4

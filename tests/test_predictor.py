@@ -532,6 +532,37 @@ def test_round_diversity_penalizes_near_duplicates_of_the_round_leaders() -> Non
         RoundDiversity(weight=1.0, rounds=-1)
 
 
+def test_round_diversity_acts_again_while_a_task_finds_no_new_best() -> None:
+    """``stall``: after its first ``rounds``, a task is penalized again once ``stall`` measured rounds in a
+    row brought no new best time, and only until a round brings one; without times nothing ends a stall."""
+    rng = np.random.default_rng(2)
+    emb = np.concatenate([c + rng.normal(scale=0.3, size=(20, 6)) for c in rng.normal(scale=10.0, size=(3, 6))])
+    log_t = np.repeat([0.0, 0.5, 1.0], 20) + rng.normal(scale=0.05, size=60)
+    div = RoundDiversity(weight=1.0, leaders=8, radius_quantile=0.2, rounds=1, stall=2)
+
+    def round_(best: float) -> bool:  # one search round: scored, measured (best log time ``best``), next round
+        on = div.active("T")
+        pen = div("T", emb, log_t)
+        assert on == bool(pen.max() > 0.5)  # active means penalized
+        div.reset("T")
+        div.measured("T", emb[40:42], [best, best + 1.0])
+        return on
+
+    on = [round_(b) for b in (-5.0, -5.0, -5.0, -6.0, -6.0, -6.0, -6.0, -6.0)]
+    # round 1: the first rounds; 2-3 measure nothing better than round 1; 4: stalled, finds a new best;
+    # 5-6: two rounds again without one; 7-8: stalled
+    assert on == [True, False, False, True, False, False, True, True]
+    assert div.active("T") and div.active("U")  # another task: its own count (within its first round)
+    plain = RoundDiversity(weight=1.0, rounds=1)
+    plain.reset("T")
+    assert not plain.active("T")  # stall 0: never again
+    nostall = RoundDiversity(weight=1.0, rounds=1, stall=1)
+    nostall.reset("T"), nostall.measured("T", emb[:2])  # no times: no best, the stall never ends
+    assert nostall.active("T")
+    with pytest.raises(ValueError, match="stall must be >= 0"):
+        RoundDiversity(weight=1.0, stall=-1)
+
+
 def test_round_diversity_spreads_a_round_over_decision_signatures() -> None:
     """``signature``: a candidate gets ``signature`` log seconds per leader predicted at least as fast with its
     decision signature, wherever the two sit in the embedding; the best of each signature keeps its score, so

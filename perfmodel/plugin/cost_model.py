@@ -85,6 +85,9 @@ class GNNCostModel(ms.cost_model.PyCostModel):
             discrete structural decisions (compute locations, categorical choices; ``RoundDiversity``'s
             ``signature``; 0: off), so that a round's measurements also spread over the decisions the
             embedding holds close together. Acts in the same rounds as ``diversity``.
+        diversity_stall: both penalties act again, after ``diversity_rounds``, once a task has had this many
+            measured rounds in a row without a new best, until it has one (``RoundDiversity``'s ``stall``;
+            0: never).
     """
 
     def __init__(self, *, path: str | Path | None = None, predictor: Predictor | None = None,
@@ -93,7 +96,7 @@ class GNNCostModel(ms.cost_model.PyCostModel):
                  feature_cache: int = 8192, explore: float = 0.0, online: str = "ridge",
                  ridge_alpha: float | str | None = None, gp_kappa: float | None = None,
                  featurize_workers: int = 1, diversity: float = 0.0, diversity_rounds: int = 0,
-                 diversity_signature: float = 0.0) -> None:
+                 diversity_signature: float = 0.0, diversity_stall: int = 0) -> None:
         super().__init__()
         if online not in ("ridge", "gp", "finetune"):
             raise ValueError(f"GNNCostModel: online must be 'ridge', 'gp' or 'finetune' (got {online!r})")
@@ -108,7 +111,8 @@ class GNNCostModel(ms.cost_model.PyCostModel):
             ({} if gp_kappa is None else {"kappa": gp_kappa}) if online == "gp" else
             {"history": history, **({} if ridge_alpha is None else {"alpha": ridge_alpha})})
         self.correction = self._new_correction()
-        self.diversity = RoundDiversity(weight=diversity, rounds=diversity_rounds, signature=diversity_signature)
+        self.diversity = RoundDiversity(weight=diversity, rounds=diversity_rounds, signature=diversity_signature,
+                                        stall=diversity_stall)
         self.stats = CostModelStats()  # its own counters here; TimedCostModel fills the rest of the same object
         self.buffer = MeasuredBuffer(history=history)
         self.features = FeatureCache(size=feature_cache)
@@ -192,8 +196,9 @@ class GNNCostModel(ms.cost_model.PyCostModel):
             if have:
                 prior, emb = self.predictor.embed_data([datas[j] for j in have], batch_size=self.batch_size,
                                                        target=task["target"])
-                self.correction.add(task["key"], emb, [math.log(secs[ok[j]]) for j in have], prior)
-                self.diversity.measured(task["key"], emb)
+                logs = [math.log(secs[ok[j]]) for j in have]
+                self.correction.add(task["key"], emb, logs, prior)
+                self.diversity.measured(task["key"], emb, logs)
                 self.stats.corrections += 1
                 if self.online == "ridge" and self.correction.alpha == "auto":  # None: no slope (mean only)
                     a = self.correction.picked.get(task["key"], math.inf)

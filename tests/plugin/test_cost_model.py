@@ -233,6 +233,17 @@ def test_diversity_pushes_down_near_duplicates_of_a_rounds_leaders(gnn_ckpt: Pat
     once.update(space.ctx, candidates[:1], results[:1])
     plain1.update(space.ctx, candidates[:1], results[:1])
     assert np.allclose(once.predict(space.ctx, candidates), plain1.predict(space.ctx, candidates), rtol=1e-6)
+    # diversity_stall=1: after the first rounds, penalized again once a measured round brings no new best
+    stall, plain2 = (GNNCostModel.from_checkpoint(gnn_ckpt, diversity=1.0, diversity_rounds=1, diversity_stall=1),
+                     GNNCostModel.from_checkpoint(gnn_ckpt))
+    for m in (stall, plain2):
+        m.predict(space.ctx, candidates)
+        m.update(space.ctx, candidates[:1], results[:1])  # the fastest time of all: a new best
+    assert np.allclose(stall.predict(space.ctx, candidates), plain2.predict(space.ctx, candidates), rtol=1e-6)
+    for m in (stall, plain2):
+        m.update(space.ctx, candidates[1:2], results[1:2])  # slower: no new best
+    s, p = stall.predict(space.ctx, candidates), plain2.predict(space.ctx, candidates)
+    assert np.all(s <= p * (1 + 1e-5)) and (s < p * (1 - 1e-3)).any()
     with pytest.raises(ValueError, match="weight must be >= 0"):
         GNNCostModel.from_checkpoint(gnn_ckpt, diversity=-1.0)
 
