@@ -909,7 +909,7 @@ class RoundDiversity:
         self._round[task] = self._round.get(task, 0) + 1
 
     def active(self, task: Any) -> bool:
-        """Whether ``task``'s current round is penalized (a weight, and within the first ``rounds``)."""
+        """Whether ``task``'s current round is penalized (a weight, and within the first ``rounds`` or stalled)."""
         if not (self.weight > 0 or self.signature > 0):
             return False
         n = self._round.get(task, 0)
