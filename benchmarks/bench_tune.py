@@ -156,10 +156,15 @@ def run_one(wd: Path, overrides: list[str]) -> dict[str, Any]:
         traceback.print_exc()
         return {"error": f"{type(e).__name__}: {e}".strip().splitlines()[0][:300], "work_dir": str(wd)}
     out = {**out, "overrides": overrides}
-    tmp = summary.with_suffix(".tmp")
-    tmp.write_text(json.dumps(out, indent=1))
-    os.replace(tmp, summary)
+    _write_json(summary, out)
     return {**out, "resumed": False}
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    """``obj`` as JSON at ``path``, atomically (a killed benchmark leaves the old file or the new one)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
 
 
 def _not_gnn(overrides: list[str]) -> list[str]:
@@ -418,9 +423,7 @@ def _retimed(path: Path, runs: dict[str, dict], *, overrides: list[str], top: in
             return rt
     print(f"\n=== re-timing the {top} fastest schedules of {len(runs)} runs side by side", flush=True)
     rt = retime_finals(runs, overrides=overrides, top=top)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(rt, indent=1))
-    os.replace(tmp, path)
+    _write_json(path, rt)
     return rt
 
 
