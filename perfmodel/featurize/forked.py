@@ -138,7 +138,8 @@ def forked_map(fn: Callable[[Sequence[Any]], list[Any]], items: Sequence[Any], *
                 code = 1
                 try:
                     os.close(r)
-                    data = pickle.dumps(work(), protocol=pickle.HIGHEST_PROTOCOL)
+                    got = work()  # its results and its own seconds of work, for ``costs``
+                    data = pickle.dumps((got, own, own_items), protocol=pickle.HIGHEST_PROTOCOL)
                     with os.fdopen(w, "wb") as fh:
                         fh.write(data)
                     code = 0
@@ -158,13 +159,16 @@ def forked_map(fn: Callable[[Sequence[Any]], list[Any]], items: Sequence[Any], *
         os.close(qr)
     deadline = time.monotonic() + max(float(timeout_s), 3.0 * (time.monotonic() - t0))
     failed = False
+    work_s, work_items = own, own_items  # every process's seconds of work (a child may have done all of it)
     for pid, r in children:
         try:
-            got = _receive(r, pid, deadline)
-            if not isinstance(got, dict):
-                raise ValueError(f"forked_map: a child sent {type(got).__name__}")
+            sent = _receive(r, pid, deadline)
+            if not (isinstance(sent, tuple) and len(sent) == 3 and isinstance(sent[0], dict)):
+                raise ValueError(f"forked_map: a child sent {type(sent).__name__}")
+            got, secs, items_done = sent
             STATS.child_items += sum(len(v) for v in got.values())
             done.update(got)
+            work_s, work_items = work_s + secs, work_items + items_done
         except Exception as e:  # noqa: BLE001  a failed, dead or late child: its chunks are redone below
             failed = True
             STATS.redone += 1
@@ -178,8 +182,9 @@ def forked_map(fn: Callable[[Sequence[Any]], list[Any]], items: Sequence[Any], *
     out: list[Any] = []
     for c in range(n_chunks):
         out.extend(done[c] if c in done else one(c))
-    if costs is not None and own_items and not failed:
-        costs.add(per_item=own / own_items / costs.slowdown, overhead=max(0.0, time.perf_counter() - start - own))
+    if costs is not None and work_items and not failed:  # overhead: the wall time beyond the work shared evenly
+        costs.add(per_item=work_s / work_items / costs.slowdown,
+                  overhead=max(0.0, time.perf_counter() - start - work_s / workers))
     return out
 
 
