@@ -26,8 +26,9 @@ MetaSchedule database and logs) and, once finished, writes ``summary.json`` ther
 summary) is started clean on the next start: its directory is removed and the run redone from
 scratch, since a search continued from a half database would have neither its own curve nor its
 own clock. So a killed benchmark is restarted with the same command and loses at most the run in
-progress. A finished run tuned for another target (``mcpu``, threads: the machine under this
-session may change between sessions) stops the benchmark with one line: kernels of two CPUs are
+progress; ``--report-only`` tunes nothing and reports the finished runs (``missing_runs`` lists the rest).
+A finished run tuned for another target (``mcpu``, threads: the machine under this session may change between
+sessions) stops the benchmark with one line: kernels of two CPUs are
 never compared; give each machine its own ``--out``.
 
 Last line: JSON with ``trials_saved_vs_xgb`` (median over tasks and seeds of the trials XGB took to
@@ -478,6 +479,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--retime", type=int, default=3, help="re-time this many fastest schedules of every finished run "
                     "of a task side by side, for final bests free of the machine's slow phases (0: off)")
     ap.add_argument("--override", action="append", default=[], help="extra conf/tune.yaml override for every run")
+    ap.add_argument("--report-only", action="store_true", help="tune nothing: report the finished runs (read back, "
+                    "re-timed, throughput) and list the others under missing_runs")
     ap.add_argument("--out", default=str(REPO / "runs" / "bench_tune"), help="runs (databases, summaries, plots) go here")
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
@@ -507,16 +510,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     per_task: dict[str, dict] = {}
     all_runs: dict[tuple[str, str, int], dict] = {}
     thr: dict[str, list[float]] = {"gnn": [], "xgb": []}
+    missing: list[str] = []  # --report-only: the runs not finished, not tuned
     for task in tasks:
         runs = {}
         for seed in seeds:
             for model in models:
                 wd = run_dir(out_dir, task, model, seed)
+                if args.report_only and not (wd / SUMMARY).is_file():
+                    missing.append(f"{task} {model}-s{seed}")
+                    continue
                 print(f"\n=== {task}: {model}, seed {seed}, {args.trials} trials", flush=True)
                 runs[(model, seed)] = r = run_one(wd, [f"task={task}", *model_overrides(model, args.explore), f"trials={args.trials}",
                                                       f"seed={seed}", *common])
                 all_runs[(task, model, seed)] = r
                 _print_run(task, model, seed, r)
+        if not runs:  # --report-only and nothing finished
+            continue
         rep = per_task[task] = task_report(task, runs, args.trials)
         done = [r for r in runs.values() if "error" not in r]
         if {"gnn", "xgb"} <= set(models) and done:
@@ -542,6 +551,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         runs = {}
         for model in models:
             wd = run_dir(out_dir, label, model, seeds[0])
+            if args.report_only and not (wd / SUMMARY).is_file():
+                missing.append(f"{label} {model}-s{seeds[0]}")
+                continue
             print(f"\n=== {label}: {model}, seed {seeds[0]}, {args.network_trials} trials over its tasks", flush=True)
             runs[(model, seeds[0])] = r = run_one(wd, [f"network={network}", f"batch={args.network_batch}",
                                                        *model_overrides(model, args.explore),
@@ -549,6 +561,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                        f"seed={seeds[0]}", *common])
             all_runs[(label, model, seeds[0])] = r
             _print_run(label, model, seeds[0], r)
+    if network != "none" and runs:
         net_rep = task_report(label, runs, args.network_trials)
         net_rep["label"] = label
         for key in ("network_latency_ms", "untuned_latency_ms", "torch_eager_ms", "estimate_ms", "untuned_tasks",
@@ -586,6 +599,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "failed_runs": [f"{t} {m}-s{s}" for (t, m, s), r in all_runs.items() if "error" not in r and all_failed(r)],
         "errors": {f"{t} {m}-s{s}": r["error"] for (t, m, s), r in all_runs.items() if "error" in r},
         "resumed_runs": sum(1 for r in all_runs.values() if r.get("resumed")),
+        **({"missing_runs": missing} if args.report_only else {}),
         "tune_minutes": {m: round(sum(r.get("tune_s") or 0 for (_, mm, _), r in all_runs.items() if mm == m) / 60, 1)
                          for m in models},
         "budgets": budgets(args.trials), "trials": args.trials, "seeds": seeds, "quick": args.quick,

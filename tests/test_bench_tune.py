@@ -264,6 +264,13 @@ def test_resume_skips_done_runs_and_redoes_unfinished_ones(bench, tmp_path: Path
 
     # the GNN run "killed" before its summary: its half database stays; the XGB run is done
     (gnn_dir / "summary.json").unlink()
+    gnn_records = (gnn_dir / "database_tuning_record.json").read_text()
+    only = bench.main([*argv, "--report-only"])  # reports what finished, tunes nothing
+    assert only["missing_runs"] == ["GMM-0 gnn-s1"] and only["resumed_runs"] == 1 and only["compared"] == 0
+    assert set(only["tasks"]["GMM-0"]["final_best_s"]) == {"xgb-s1"}
+    assert (gnn_dir / "database_tuning_record.json").read_text() == gnn_records
+    assert not (gnn_dir / "summary.json").exists()
+    capsys.readouterr()
     res2 = bench.main(argv)
     printed = capsys.readouterr().out
     assert res2["resumed_runs"] == 1 and "xgb-s1: done before" in printed and "unfinished run" in printed
