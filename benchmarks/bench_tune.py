@@ -28,8 +28,8 @@ scratch, since a search continued from a half database would have neither its ow
 own clock. So a killed benchmark is restarted with the same command and loses at most the run in
 progress; ``--report-only`` tunes nothing and reports the finished runs (``missing_runs`` lists the rest).
 A finished run tuned for another target (``mcpu``, threads: the machine under this session may change between
-sessions) stops the benchmark with one line: kernels of two CPUs are
-never compared; give each machine its own ``--out``.
+sessions) stops the benchmark with one line: kernels of two CPUs are never compared; give each machine its own
+``--out``.
 
 Last line: JSON with ``trials_saved_vs_xgb`` (median over tasks and seeds of the trials XGB took to
 reach its final best / the trials the GNN took to reach it; the GNN's whole budget when it never
