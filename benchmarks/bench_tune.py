@@ -44,8 +44,8 @@ each run's own timing, taken after its tuning, is ``network.network_latency_ms_o
 (per task: best latency at each budget of trials and of seconds, per model and seed). GNN modes
 that ``--models`` may add beside ``gnn`` (each its own runs and comparison with XGB, and its own
 ``<prefix>_trials_saved_vs_xgb`` / ``_seconds_saved_vs_xgb`` / ``_final_best_ratio_vs_xgb`` keys):
-``gnn-explore`` (``gnn.explore=--explore``, prefix ``explore``) and ``gnn-gp`` (``gnn.online=gp``,
-prefix ``gp``).
+``gnn-explore`` (``gnn.explore=--explore``, prefix ``explore``), ``gnn-gp`` (``gnn.online=gp``,
+prefix ``gp``) and ``gnn-stall`` (``gnn.diversity_stall=--stall``, prefix ``stall``).
 
 A search "seed" pins MetaSchedule's evolutionary search only on one search thread
 (``--override search_threads=1``, ~+10 s per round); with the default (the physical cores) two runs
@@ -53,9 +53,9 @@ with one seed and one model draw different candidates from the first round on, s
 independent replicates, not paired runs (RESULTS.md). ``--override`` enters every run's settings, which
 the resume check compares: use a fresh ``--out`` for it.
 
-    python benchmarks/bench_tune.py [--quick] [--tasks A,B|none] [--models gnn,gnn-explore,gnn-gp,xgb,random]
+    python benchmarks/bench_tune.py [--quick] [--tasks A,B|none] [--models gnn,gnn-explore,gnn-gp,gnn-stall,xgb,random]
         [--trials N] [--seeds 1,2] [--network bert_layer|resnet18|none] [--network-trials N] [--network-builds N]
-        [--checkpoint PATH] [--no-guard] [--retime N] [--override KEY=VALUE ...] [--out DIR]
+        [--stall N] [--checkpoint PATH] [--no-guard] [--retime N] [--override KEY=VALUE ...] [--out DIR]
 """
 
 from __future__ import annotations
@@ -81,7 +81,8 @@ QUICK_TASKS = ["GRP-3", "TBG-3", "resnet18-b8/fused_matmul_add13"]  # their bad 
 MODELS = ["gnn", "xgb", "random"]
 EXPLORE = "gnn-explore"  # also in --models: the GNN scoring with exploration from doubt (gnn.explore=--explore)
 GP = "gnn-gp"  # also in --models: the GNN learning each task by a Gaussian process (gnn.online=gp)
-VARIANTS = {EXPLORE: "explore", GP: "gp"}  # GNN modes compared with XGB like "gnn": name -> prefix of their keys
+STALL = "gnn-stall"  # also in --models: the GNN spreading its rounds again when stalled (gnn.diversity_stall=--stall)
+VARIANTS = {EXPLORE: "explore", GP: "gp", STALL: "stall"}  # GNN modes compared with XGB like "gnn": name -> prefix of their keys
 TARGET_SAVED = 4.0
 REACH_TOL = 0.01  # "reached XGB's final best": within 1% of it (re-timing the same schedule differs by ~1-4%)
 SUMMARY = "summary.json"  # written last by a finished run: its presence alone marks the run done
@@ -428,10 +429,12 @@ def _retimed(path: Path, runs: dict[str, dict], *, overrides: list[str], top: in
     return rt
 
 
-def model_overrides(model: str, explore: float) -> list[str]:
+def model_overrides(model: str, explore: float, stall: int = 3) -> list[str]:
     """The conf/tune.yaml overrides that make ``model`` (a --models entry) the run's cost model."""
     if model == EXPLORE:
         return ["cost_model=gnn", f"gnn.explore={explore}"]
+    if model == STALL:
+        return ["cost_model=gnn", f"gnn.diversity_stall={stall}"]
     if model == GP:
         return ["cost_model=gnn", "gnn.online=gp"]
     return [f"cost_model={model}"]
@@ -472,6 +475,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--frozen", action="store_true", help="the GNN learns nothing online (gnn.frozen=true)")
     ap.add_argument("--explore", type=float, default=1.0,
                     help=f"gnn.explore of the {EXPLORE} model (score mean - explore * std of the members)")
+    ap.add_argument("--stall", type=int, default=3,
+                    help=f"gnn.diversity_stall of the {STALL} model (measured rounds without a new best before "
+                         "its rounds are spread out again)")
     ap.add_argument("--run-timeout", type=float, default=None,
                     help="seconds a candidate's timing round may take before it counts as failed "
                          "(default: the protocol's, 20; quick 5)")
@@ -520,7 +526,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     missing.append(f"{task} {model}-s{seed}")
                     continue
                 print(f"\n=== {task}: {model}, seed {seed}, {args.trials} trials", flush=True)
-                runs[(model, seed)] = r = run_one(wd, [f"task={task}", *model_overrides(model, args.explore), f"trials={args.trials}",
+                runs[(model, seed)] = r = run_one(wd, [f"task={task}", *model_overrides(model, args.explore, args.stall), f"trials={args.trials}",
                                                       f"seed={seed}", *common])
                 all_runs[(task, model, seed)] = r
                 _print_run(task, model, seed, r)
@@ -556,7 +562,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 continue
             print(f"\n=== {label}: {model}, seed {seeds[0]}, {args.network_trials} trials over its tasks", flush=True)
             runs[(model, seeds[0])] = r = run_one(wd, [f"network={network}", f"batch={args.network_batch}",
-                                                       *model_overrides(model, args.explore),
+                                                       *model_overrides(model, args.explore, args.stall),
                                                        f"trials={args.network_trials}",
                                                        f"seed={seeds[0]}", *common])
             all_runs[(label, model, seeds[0])] = r
@@ -594,6 +600,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "gnn_fallback": sum(rep["gnn_fallback"] for rep in per_task.values()) + net_rep.get("gnn_fallback", 0),
         "compared": len(cmps),
         **({"explore": args.explore} if EXPLORE in models else {}),
+        **({"stall": args.stall} if STALL in models else {}),
         **{k: v for name, p in VARIANTS.items() if name in models
            for k, v in _saved(p, [c for rep in per_task.values() for c in rep[f"{p}_vs_xgb"].values()]).items()},
         "failed_runs": [f"{t} {m}-s{s}" for (t, m, s), r in all_runs.items() if "error" not in r and all_failed(r)],
@@ -643,7 +650,9 @@ def _saved(prefix: str, cmps: list[dict]) -> dict[str, Any]:
     """The headline keys of a GNN mode (``<prefix>_trials_saved_vs_xgb`` ...) from its comparisons with XGB."""
     return {f"{prefix}_trials_saved_vs_xgb": _median([c["trials_saved"] for c in cmps]),
             f"{prefix}_seconds_saved_vs_xgb": _median([c["seconds_saved"] for c in cmps if c["seconds_saved"] is not None]),
-            f"{prefix}_final_best_ratio_vs_xgb": _gmean([c["final_ratio"] for c in cmps if c["final_ratio"] is not None])}
+            f"{prefix}_final_best_ratio_vs_xgb": _gmean([c["final_ratio"] for c in cmps if c["final_ratio"] is not None]),
+            f"{prefix}_final_best_ratio_vs_xgb_retimed": _gmean([c["final_ratio_retimed"] for c in cmps
+                                                                 if c.get("final_ratio_retimed") is not None])}
 
 
 def _throughput(path: Path, task: str, runs: list[dict], checkpoint: str | None) -> dict[str, float]:
