@@ -53,8 +53,9 @@ with one seed and one model draw different candidates from the first round on, s
 independent replicates, not paired runs (RESULTS.md). ``--override`` enters every run's settings, which
 the resume check compares: use a fresh ``--out`` for it.
 
-    python benchmarks/bench_tune.py [--quick] [--tasks A,B|none] [--models gnn,gnn-explore,gnn-gp,gnn-stall,xgb,random]
-        [--trials N] [--seeds 1,2] [--network bert_layer|resnet18|none] [--network-trials N] [--network-builds N]
+    python benchmarks/bench_tune.py [--quick] [--tasks A,B|none]
+        [--models gnn,gnn-explore,gnn-gp,gnn-stall,xgb,random] [--trials N] [--seeds 1,2]
+        [--network bert_layer|resnet18|none] [--network-trials N] [--network-builds N]
         [--stall N] [--checkpoint PATH] [--no-guard] [--retime N] [--override KEY=VALUE ...] [--out DIR]
 """
 
@@ -81,8 +82,9 @@ QUICK_TASKS = ["GRP-3", "TBG-3", "resnet18-b8/fused_matmul_add13"]  # their bad 
 MODELS = ["gnn", "xgb", "random"]
 EXPLORE = "gnn-explore"  # also in --models: the GNN scoring with exploration from doubt (gnn.explore=--explore)
 GP = "gnn-gp"  # also in --models: the GNN learning each task by a Gaussian process (gnn.online=gp)
-STALL = "gnn-stall"  # also in --models: the GNN spreading its rounds again when stalled (gnn.diversity_stall=--stall)
-VARIANTS = {EXPLORE: "explore", GP: "gp", STALL: "stall"}  # GNN modes compared with XGB like "gnn": name -> prefix of their keys
+STALL = "gnn-stall"  # also in --models: the GNN spreading its rounds again once stalled (gnn.diversity_stall)
+# GNN modes compared with XGB like "gnn": name -> prefix of their keys
+VARIANTS = {EXPLORE: "explore", GP: "gp", STALL: "stall"}
 TARGET_SAVED = 4.0
 REACH_TOL = 0.01  # "reached XGB's final best": within 1% of it (re-timing the same schedule differs by ~1-4%)
 SUMMARY = "summary.json"  # written last by a finished run: its presence alone marks the run done
@@ -526,8 +528,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     missing.append(f"{task} {model}-s{seed}")
                     continue
                 print(f"\n=== {task}: {model}, seed {seed}, {args.trials} trials", flush=True)
-                runs[(model, seed)] = r = run_one(wd, [f"task={task}", *model_overrides(model, args.explore, args.stall), f"trials={args.trials}",
-                                                      f"seed={seed}", *common])
+                ov = model_overrides(model, args.explore, args.stall)
+                runs[(model, seed)] = r = run_one(wd, [f"task={task}", *ov, f"trials={args.trials}", f"seed={seed}",
+                                                      *common])
                 all_runs[(task, model, seed)] = r
                 _print_run(task, model, seed, r)
         if not runs:  # --report-only and nothing finished
@@ -650,7 +653,8 @@ def _saved(prefix: str, cmps: list[dict]) -> dict[str, Any]:
     """The headline keys of a GNN mode (``<prefix>_trials_saved_vs_xgb`` ...) from its comparisons with XGB."""
     return {f"{prefix}_trials_saved_vs_xgb": _median([c["trials_saved"] for c in cmps]),
             f"{prefix}_seconds_saved_vs_xgb": _median([c["seconds_saved"] for c in cmps if c["seconds_saved"] is not None]),
-            f"{prefix}_final_best_ratio_vs_xgb": _gmean([c["final_ratio"] for c in cmps if c["final_ratio"] is not None]),
+            f"{prefix}_final_best_ratio_vs_xgb": _gmean([c["final_ratio"] for c in cmps
+                                                         if c["final_ratio"] is not None]),
             f"{prefix}_final_best_ratio_vs_xgb_retimed": _gmean([c["final_ratio_retimed"] for c in cmps
                                                                  if c.get("final_ratio_retimed") is not None])}
 

@@ -304,9 +304,11 @@ def test_the_exploring_gnn_is_compared_with_xgb_on_its_own(bench) -> None:
     assert bench.model_overrides("gnn-stall", 0.5, 4) == ["cost_model=gnn", "gnn.diversity_stall=4"]
     runs[("gnn-stall", 1)] = _run([5.0, 1.5], [30, 70])
     rep = bench.task_report("T", runs, 2)
-    assert rep["stall_vs_xgb"]["1"]["final_ratio"] == 0.75 and rep["stall_vs_xgb"]["1"]["gnn_trials_to_xgb_final"] == 2
+    assert rep["stall_vs_xgb"]["1"]["final_ratio"] == 0.75
+    assert rep["stall_vs_xgb"]["1"]["gnn_trials_to_xgb_final"] == 2
     bench.add_retimed(rep, {"top": 1, "passes": 2, "seconds": 1.0, "pass_median_rel": 0.01, "runs": {
         "gnn-stall-s1": {"best_s": 1.2}, "gnn-s1": {"best_s": 2.0}, "xgb-s1": {"best_s": 1.6}}})
-    assert rep["stall_vs_xgb"]["1"]["final_ratio_retimed"] == 0.75 and rep["gnn_vs_xgb"]["1"]["final_ratio_retimed"] == 1.25
+    assert rep["stall_vs_xgb"]["1"]["final_ratio_retimed"] == 0.75
+    assert rep["gnn_vs_xgb"]["1"]["final_ratio_retimed"] == 1.25
     keys = bench._saved("stall", list(rep["stall_vs_xgb"].values()))
     assert keys["stall_final_best_ratio_vs_xgb_retimed"] == pytest.approx(0.75)
