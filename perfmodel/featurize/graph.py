@@ -14,7 +14,8 @@ import networkx as nx
 import numpy as np
 
 from perfmodel.featurize.schema import (
-    ARITH, EDGE_FEATURES, EDGE_INDEX, KINDS, LOOP_SLOTS, NODE_FEATURES, NODE_INDEX, SLOT_FIELDS, SLOTS,
+    ARITH, EDGE_FEATURES, EDGE_INDEX, KINDS, LOOP_SLOTS, NODE_FEATURES, NODE_INDEX, SLOT_FIELDS, SLOTS, VEC_FIELDS,
+    VEC_REGISTERS,
 )
 from perfmodel.featurize.tir import FeaturizeError, Program, bind_env, footprint, walk
 from perfmodel.featurize.tir import stride as stride_of
@@ -27,6 +28,9 @@ _OPS_BASE = _I[f"op_{ARITH[0]}"]
 _L0 = _I["l0_extent"]
 _LOOP_W = 1 + len(KINDS)
 _WS0 = _I["l0_ws_bytes"]
+_VEC0 = _I[VEC_FIELDS[0]]
+assert VEC_FIELDS[:2] == ("vec_bytes", "vec_pow2") and len(VEC_FIELDS) == 2 + len(VEC_REGISTERS)
+_VECTORIZED = KINDS.index("vectorized")
 _N_PRODUCERS, _N_CONSUMERS, _N_INLINED = _I["n_producers"], _I["n_consumers"], _I["n_inlined_graph"]
 (_IS_STAGE, _N_LOOPS, _PROD_ALL, _AUTO_UNROLL, _UNROLL_EXPLICIT, _COMPUTE_AT, _PRIVATE_LOOPS, _PROD_PRIVATE,
  _SPACE_SIZE, _REDUCE_SIZE, _N_SPACE, _N_REDUCE, _IS_INIT, _HAS_PRED, _N_READS, _IS_UPDATE, _WRITES_OUTPUT) = (
@@ -410,6 +414,13 @@ class _StageMemo(dict):
 _STAGE_MEMO = _StageMemo()
 
 
+def vector_fields(extent: int, elem_bytes: int) -> list[float]:
+    """``VEC_FIELDS`` of a vectorized loop of ``extent`` lanes of ``elem_bytes`` bytes each."""
+    vb = extent * elem_bytes
+    waste = [1.0 - vb / (-(-vb // r) * r) for r in VEC_REGISTERS]
+    return [_lg(vb), float(extent & (extent - 1) == 0), *waste]
+
+
 def _stage_features(st: Any, nest: list, x: np.ndarray, bufs: dict, read_bytes: dict) -> None:
     x[_IS_STAGE] = 1
     x[_N_LOOPS] = len(nest)
@@ -440,6 +451,10 @@ def _stage_features(st: Any, nest: list, x: np.ndarray, bufs: dict, read_bytes: 
         b = _L0 + slot * _LOOP_W
         x[b] = _lg(lp.extent)
         x[b + 1 + lp.kind] = 1
+    for lp in reversed(nest):  # the innermost vectorized loop: how its vector fills the SIMD registers
+        if lp.kind == _VECTORIZED and lp.extent > 1:
+            x[_VEC0:_VEC0 + len(VEC_FIELDS)] = vector_fields(lp.extent, bufs[st.store.buf].nbytes)
+            break
     x[_SPACE_SIZE] = _lg(st.space)
     x[_REDUCE_SIZE] = _lg(st.reduce)
     x[_N_SPACE] = st.n_space

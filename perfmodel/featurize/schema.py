@@ -27,13 +27,21 @@ stage, the distinct bytes and cache lines its accesses touch (all buffers, the l
 buffer) while that loop and the loops inside it run once over their range: the cache-tiling signal
 TVM's per-store features carry as per-loop-level touched bytes.
 
+Vector width (schema v3). The innermost vectorized loop (extent > 1) of a stage, if any: ``vec_bytes``, the
+bytes one vector operation of its store covers (extent x element bytes) [log]; ``vec_pow2``, its extent is a
+power of two; ``vec_waste16/32/64``, the share of lanes left empty in the 16/32/64-byte registers
+(SSE / AVX2 / AVX-512) that hold it, ``1 - bytes / (ceil(bytes / R) * R)``. A vector of 10 floats fills
+one 32-byte register and a quarter of a second: LLVM splits it (waste32 0.375) and the kernel runs at a
+fraction of the 8-lane one's speed; the extent alone reads "wider = faster" (issue #11: on a ResNet-18
+matmul the model ranked width-10/20/25 schedules, 0.5-0.6 ms, above width-8 ones, 0.11-0.17 ms).
+
 TVM's ``PerStoreFeature`` rows are not reused: the same quantities (loop kinds, arithmetic by kind,
 footprints, strides, reuse) are computed here directly from the scheduled TIR, which is ~5x faster.
 """
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 LOOP_SLOTS = 6  # innermost loop levels described one by one (innermost first)
 KINDS = ("serial", "parallel", "vectorized", "unrolled")  # thread-bound loops count as parallel
@@ -41,6 +49,9 @@ SLOTS = ("w", "r0", "r1", "r2")
 SLOT_FIELDS = ("present", "bytes", "lines", "reuse", "inner_bytes", "stride", "stride0", "contig", "local", "param")
 ARITH = ("float_addsub", "float_mul", "float_div", "float_special", "float_minmax",
          "int_ops", "cmp_select", "cast", "loads", "stores")
+
+VEC_FIELDS = ("vec_bytes", "vec_pow2", "vec_waste16", "vec_waste32", "vec_waste64")
+VEC_REGISTERS = (16, 32, 64)  # register bytes of vec_waste16/32/64
 
 NODE_FEATURES: list[str] = [
     # node type
@@ -71,6 +82,9 @@ NODE_FEATURES: list[str] = [
     # distinct bytes / 64-byte lines all the stage's buffers touch in one full run of that loop [log]
     # (outer loops fixed): whether a tile fits L1/L2 is read off these
     *[f"l{i}_{f}" for i in range(LOOP_SLOTS) for f in ("ws_bytes", "ws_lines")],
+    # the innermost vectorized loop (schema v3): bytes per vector op [log], power-of-two extent, and the
+    # share of empty lanes in 16/32/64-byte registers (the width the target's SIMD unit splits it into)
+    *VEC_FIELDS,
     "n_reads",                 # distinct buffers read
     # place in the graph
     "n_producers", "n_consumers",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -10,6 +11,8 @@ from torch import Tensor, nn
 from torch_geometric.nn import GATv2Conv, GCNConv, GINEConv, SAGEConv
 from torch_geometric.nn.aggr import AttentionalAggregation, MaxAggregation, MeanAggregation, SumAggregation
 from torch_geometric.nn.resolver import activation_resolver, normalization_resolver
+
+from perfmodel.featurize.schema import NODE_INDEX
 
 READOUTS = ("sum", "mean", "max", "attention", "sum_mean")
 
@@ -86,6 +89,9 @@ class CostGNN(nn.Module):
         use_bytes: also use the graph's standardized log argument bytes (``io_bytes``), as above.
         target_input: entries of the target embedding (the vocabulary size of ``target_id``; 0 = no
             target input: ``target_id`` is ignored and not needed).
+        drop_features: node feature names (``NODE_FEATURES``) the model does not see: set to their
+            training mean (0 after standardization) before the embedding. An ablation knob: train with
+            and without a feature group in the same code and data (benchmarks/RESULTS.md, #11).
         conv_kwargs: extra keyword arguments of the convolution (e.g. ``heads`` for GAT).
     """
 
@@ -110,9 +116,18 @@ class CostGNN(nn.Module):
         flops_skip: bool = True,
         use_bytes: bool = False,
         target_input: int = 0,
+        drop_features: Sequence[str] = (),
         **conv_kwargs: Any,
     ) -> None:
         super().__init__()
+        self.drop_features = [str(n) for n in drop_features or ()]
+        keep = torch.ones(in_dim)
+        for n in self.drop_features:
+            i = NODE_INDEX.get(n)
+            if i is None or i >= in_dim:
+                raise ValueError(f"drop_features: {n!r} is not a node feature of this schema (NODE_FEATURES)")
+            keep[i] = 0.0
+        self.register_buffer("keep", keep if self.drop_features else None, persistent=False)
         if target_input is True or int(target_input or 0) < 0:
             raise ValueError(f"target_input is the number of targets (0 = off), got {target_input!r}; "
                              "training sets it from the dataset's target vocabulary")
@@ -262,7 +277,7 @@ class CostGNN(nn.Module):
             batch = x.new_zeros(x.size(0), dtype=torch.long)
         size = int(data.num_graphs) if hasattr(data, "num_graphs") else int(batch.max()) + 1
         edge_index, ea = self._edges(data)
-        h = self.embed(x)
+        h = self.embed(x if self.keep is None else x * self.keep)
         for conv, norm, nb, e in zip(self.convs, self.norms, self._norm_batch, self.edge_inputs(ea)):
             out = self.conv_forward(conv, h, edge_index, e)
             out = norm(out, batch, size) if nb else norm(out)

@@ -218,3 +218,34 @@ def test_sampled_schedules_have_finite_features(target):
     # the same schedule gives the same features
     again = featurize(schs[0])
     assert np.array_equal(again.x.numpy(), ds[0].x.numpy())
+
+
+@pytest.mark.parametrize("dtype,lanes", [("float32", 8), ("float32", 10), ("float32", 4), ("float16", 16),
+                                         ("float32", 1)])
+def test_vector_width_features(dtype: str, lanes: int) -> None:
+    """vec_*: bytes per vector op of the innermost vectorized loop and how it fills 16/32/64-byte registers."""
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def add(A: T.Buffer((4, 160), dtype), B: T.Buffer((4, 160), dtype), C: T.Buffer((4, 160), dtype)):
+        for i, j in T.grid(4, 160):
+            with T.sblock("C"):
+                vi, vj = T.axis.remap("SS", [i, j])
+                C[vi, vj] = A[vi, vj] + B[vi, vj]
+
+    sch = _sched(add)
+    _, j = sch.get_loops(sch.get_sblock("C"))
+    _, ji = sch.split(j, [None, lanes])
+    if lanes > 1:
+        sch.vectorize(ji)
+    g = stage_graph(sch)
+    vb = lanes * (2 if dtype == "float16" else 4)
+    if lanes == 1:  # no vectorized loop: all zero
+        assert all(val(g, 0, n) == 0 for n in ("vec_bytes", "vec_pow2", "vec_waste16", "vec_waste32", "vec_waste64"))
+        return
+    assert raw(g, 0, "vec_bytes") == pytest.approx(vb)
+    assert val(g, 0, "vec_pow2") == float(lanes in (4, 8, 16))
+    for r in (16, 32, 64):
+        assert val(g, 0, f"vec_waste{r}") == pytest.approx(1 - vb / (math.ceil(vb / r) * r)), r
+    if (dtype, lanes) == ("float32", 10):  # 40 bytes: 2.5 xmm, 1.25 ymm -> 2 ymm, 5/8 of a zmm
+        assert [val(g, 0, f"vec_waste{r}") for r in (16, 32, 64)] == pytest.approx([1 / 6, 3 / 8, 3 / 8])

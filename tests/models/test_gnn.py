@@ -182,3 +182,24 @@ def test_models_training_and_predictor_import_without_tvm() -> None:
     code = "import sys, perfmodel.models, perfmodel.training, perfmodel.predictor; print('tvm' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_dropped_features_do_not_reach_the_prediction(batch: Batch) -> None:
+    from perfmodel.featurize.schema import NODE_FEATURES, NODE_INDEX
+
+    f = len(NODE_FEATURES)
+    torch.manual_seed(0)
+    graphs = Batch.from_data_list([_graph(3, 0, 1e6, f=f), _graph(2, 1, 1e9, f=f)])
+    cfg = {"name": "gin", "in_dim": f, "edge_dim": 3, "hidden": 8}
+    dropped = build_model({**cfg, "drop_features": ["vec_bytes", "vec_waste32"]}).eval()
+    full = build_model(cfg).eval()
+    full.load_state_dict(dropped.state_dict())  # same weights: the mask is no parameter
+    for name, changes in (("vec_waste32", False), ("l0_extent", True)):
+        other = graphs.clone()
+        other.x[:, NODE_INDEX[name]] += 5.0
+        assert torch.allclose(dropped(graphs), dropped(other)) != changes, name
+        assert not torch.allclose(full(graphs), full(other)), name
+    rebuilt = build_model({**cfg, "drop_features": list(dropped.drop_features)})
+    assert torch.equal(rebuilt.keep, dropped.keep) and int(rebuilt.keep.sum()) == f - 2
+    with pytest.raises(ValueError, match="'vec_lanes' is not a node feature"):
+        build_model({**cfg, "drop_features": ["vec_lanes"]})
