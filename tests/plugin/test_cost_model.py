@@ -57,14 +57,15 @@ def candidates(space) -> list:
     return [ms.MeasureCandidate(s, space.args_info) for s in schs]
 
 
-def _results(n: int, *, failed: tuple[int, ...] = ()) -> list:
-    """Runner results: distinct times (3 repeats each), and failures where asked (error / 1e10)."""
+def _results(n: int, *, failed: tuple[int, ...] = (), order: np.ndarray | None = None) -> list:
+    """Runner results: distinct times (3 repeats each; ``order[i]``: candidate i's rank, 0 = fastest), and
+    failures where asked (error / 1e10)."""
     out = []
     for i in range(n):
         if i in failed:
             out.append(ms.runner.RunnerResult(None, "build failed") if i % 2 else ms.runner.RunnerResult([1e10], None))
         else:
-            t = 1e-5 * (1 + (7 * i) % n)
+            t = 1e-5 * (1 + (int(order[i]) if order is not None else (7 * i) % n))
             out.append(ms.runner.RunnerResult([t, t * 1.01, t * 0.99], None))
     return out
 
@@ -134,7 +135,10 @@ def test_save_load_round_trip(gnn_ckpt: Path, space, candidates: list, tmp_path:
 def test_update_fine_tunes_on_measured_results(gnn_ckpt: Path, space, candidates: list) -> None:
     model = GNNCostModel.from_checkpoint(gnn_ckpt, steps=30, lr=1e-2, online="finetune")
     before = model.predict(space.ctx, candidates)
-    results = _results(len(candidates), failed=(2, 3))
+    # measured times in the reverse of the network's order (its top pick measured slowest): an order the
+    # network does not know, but its embeddings can express, whatever the checkpoint
+    rank = np.argsort(np.argsort(-np.asarray(before)))
+    results = _results(len(candidates), failed=(2, 3), order=len(rank) - 1 - rank)
     model.update(space.ctx, candidates, results)  # through TVM's C++ CostModel::Update
     after = model.predict(space.ctx, candidates)
     assert not np.allclose(before, after)
@@ -166,7 +170,10 @@ def test_ridge_correction_learns_the_task_in_milliseconds(gnn_ckpt: Path, space,
     model = GNNCostModel.from_checkpoint(gnn_ckpt)
     weights = [p.detach().clone() for p in model.predictor.model.parameters()]
     before = model.predict(space.ctx, candidates)
-    results = _results(len(candidates), failed=(2, 3))
+    # measured times in the reverse of the network's order (its top pick measured slowest): an order the
+    # network does not know, but its embeddings can express, whatever the checkpoint
+    rank = np.argsort(np.argsort(-np.asarray(before)))
+    results = _results(len(candidates), failed=(2, 3), order=len(rank) - 1 - rank)
     model.update(space.ctx, candidates, results)
     after = model.predict(space.ctx, candidates)
     assert all(torch.equal(w, p) for w, p in zip(weights, model.predictor.model.parameters()))
