@@ -11,8 +11,12 @@ one model (``ensemble=1``) is trained without any task of that family (``data.sp
 scored on that family; the JSON then has ``lofo`` (per family: pairwise, tau, peak1, peak5, n) and
 ``lofo_min_pairwise``.
 
+With ``--pool --unseen`` it scores the runs of a tuning benchmark instead (``--db`` its output,
+e.g. ``benchmarks/tune_full/znver3``): every schedule any cost model measured for a task is one
+ranking, and tasks that the training databases hold are left out (only unseen operators are scored).
+
     python benchmarks/bench_accuracy.py [--quick] [--checkpoint PATH] [--db DIR] [--train-db DIR,DIR]
-                                        [--lofo [--lofo-epochs N]]
+                                        [--lofo [--lofo-epochs N]] [--pool] [--unseen]
 """
 
 from __future__ import annotations
@@ -105,6 +109,9 @@ def main() -> int:
                     help="comma-separated databases the baselines train on (default: --db); give every folder "
                          "the checkpoint trained on, e.g. with a target-input model trained on two folders")
     ap.add_argument("--baselines", default="xgb,mlp,xgb-latency,random")
+    ap.add_argument("--pool", action="store_true",
+                    help="a task held by several databases under --db (a tuning benchmark's runs) is one task")
+    ap.add_argument("--unseen", action="store_true", help="score only the tasks that --train-db does not hold")
     ap.add_argument("--lofo", action="store_true", help="also the leave-one-family-out view (one training per family)")
     ap.add_argument("--lofo-epochs", type=int, default=15, help="epochs of each leave-one-family-out training")
     args = ap.parse_args()
@@ -115,9 +122,10 @@ def main() -> int:
     train_db = [p for p in (args.train_db or args.db).split(",") if p]
     res = evaluate([args.db], predictor=predictor, train_db=train_db, baselines=baselines, seed=0,
                    quick=args.quick, heldout=heldout_from(predictor, train_db, None),
-                   train_per_task=64 if args.quick else None, log=lambda m: print(m, file=sys.stderr))
+                   train_per_task=64 if args.quick else None, pool=args.pool, unseen=args.unseen,
+                   log=lambda m: print(m, file=sys.stderr))
     out = res.to_json()
-    print(f"held-out tasks of {args.db}: {len(out['tasks'])} tasks, "
+    print(f"{'unseen' if args.unseen else 'held-out'} tasks of {args.db}: {len(out['tasks'])} tasks, "
           f"{sum(t['n'] for t in out['tasks'].values())} records ({time.perf_counter() - t0:.0f}s)")
     print(table(out))
     for n in out["notes"]:

@@ -102,6 +102,8 @@ def evaluate(
     quick: bool = False,
     heldout: set[str] | None | Callable[[], set[str]] = None,
     train_per_task: int | None = None,
+    pool: bool = False,
+    unseen: bool = False,
     log: Callable[[str], None] = print,
 ) -> EvalResult:
     """Score ``predictor`` and the named baselines on every task of the databases ``db``.
@@ -118,6 +120,10 @@ def evaluate(
             evaluated (the held-out tasks of the training split); a callable is called only if
             needed. ``None`` evaluates every task.
         train_per_task: train the baselines on at most this many records per task (``None``: all).
+        pool: a task held by several evaluated databases (a tuning benchmark's runs) is scored as one
+            task over all their records (``load_tasks(pool=True)``).
+        unseen: leave out the evaluated tasks that the training databases hold (same workload), so
+            that every scored task is one the models never trained on.
         log: progress messages.
     """
     from perfmodel.evaluate import baselines as B
@@ -126,8 +132,17 @@ def evaluate(
         if name not in B.NAMES:
             raise ValueError(f"unknown baseline {name!r} (choose from {', '.join(B.NAMES)})")
     notes: list[str] = []
-    eval_tasks = load_tasks(db)
-    train_tasks = load_tasks(train_db) if train_db and baselines else []
+    eval_tasks = load_tasks(db, pool=pool)
+    train_tasks = load_tasks(train_db) if train_db and (baselines or unseen) else []
+    if unseen:
+        seen = {t.key for t in train_tasks}
+        before = len(eval_tasks)
+        eval_tasks = [t for t in eval_tasks if t.key not in seen]
+        if not eval_tasks:
+            raise ValueError(f"{', '.join(map(str, db))}: every task is one the training databases "
+                             f"({', '.join(map(str, train_db))}) hold: nothing unseen to evaluate")
+        notes.append(f"left out {before - len(eval_tasks)} evaluated task(s) of {before} that the training "
+                     "databases hold")
     shared = {p.resolve() for p in _db_dirs(db)} & {p.resolve() for p in _db_dirs(train_db)} if train_db else set()
     if shared and heldout is not None:
         names = heldout() if callable(heldout) else heldout
@@ -172,7 +187,7 @@ def evaluate(
     if "note" in batch:
         notes.append(batch["note"])
     config = {"db": [str(p) for p in db], "train_db": [str(p) for p in train_db], "baselines": list(baselines),
-              "seed": seed, "quick": quick, "train_per_task": train_per_task}
+              "seed": seed, "quick": quick, "train_per_task": train_per_task, "pool": pool, "unseen": unseen}
     return EvalResult(tasks=eval_tasks, runs=runs, metrics=metrics, notes=notes, batch=batch, config=config)
 
 

@@ -39,6 +39,8 @@ class TaskRecords:
         family: operator family from the registry (``None`` when not a registry task).
         batch: network batch size from the registry (``None`` for TE tasks / unknown).
         weight: occurrences of the task in its network (1 when unknown).
+        sources: when the task pools several databases (``load_tasks(pool=True)``), the database of
+            each record (parallel to ``records``); ``None``: every record is ``db``'s.
     """
 
     name: str
@@ -52,6 +54,7 @@ class TaskRecords:
     family: str | None = None
     batch: int | None = None
     weight: int = 1
+    sources: list[Database] | None = None
     _cands: list[Any] | None = field(default=None, repr=False)
     _ctx: Any = field(default=None, repr=False)
 
@@ -76,12 +79,12 @@ class TaskRecords:
             cands, keep = [], []
             for i, r in enumerate(self.records):
                 try:
-                    cands.append(self.db.tuning_record(r).as_measure_candidate())
+                    db = self.sources[i] if self.sources else self.db
+                    cands.append(db.tuning_record(r).as_measure_candidate())
                     keep.append(i)
                 except Exception:  # noqa: BLE001  a trace this TVM cannot replay is skipped and counted
                     self.n_unreplayable += 1
-            self.records = [self.records[i] for i in keep]
-            self.times = self.times[keep]
+            self._keep(keep)
             self._cands = cands
         return self._cands
 
@@ -89,9 +92,14 @@ class TaskRecords:
         """Keep at most ``n`` records, evenly spread over the file order (before any replay)."""
         if len(self.records) > n:
             keep = np.unique(np.linspace(0, len(self.records) - 1, n).round().astype(int))
-            self.records = [self.records[i] for i in keep]
-            self.times = self.times[keep]
+            self._keep(list(keep))
             self._cands = None
+
+    def _keep(self, keep: list[int]) -> None:
+        self.records = [self.records[i] for i in keep]
+        self.times = self.times[keep]
+        if self.sources:
+            self.sources = [self.sources[i] for i in keep]
 
     def schedules(self) -> list[Any]:
         """The ``tvm.s_tir.Schedule`` of every (replayable) record."""
@@ -119,12 +127,15 @@ class TaskRecords:
         return [ms.runner.RunnerResult(list(r.run_secs), None) for r in self.records]
 
 
-def load_tasks(paths: Iterable[str | os.PathLike], *, min_records: int = 1) -> list[TaskRecords]:
+def load_tasks(paths: Iterable[str | os.PathLike], *, min_records: int = 1, pool: bool = False) -> list[TaskRecords]:
     """Every task of every MetaSchedule database at or under ``paths``.
 
     Args:
         paths: database directories, or directories holding databases anywhere below them.
         min_records: tasks with fewer valid records are dropped (1 keeps every task).
+        pool: a workload held by several databases (the runs of a tuning benchmark: one per cost
+            model and seed) is one task with the records of all of them; else one task per
+            database, named ``<task>@<db folder>``.
 
     Raises:
         DatabaseError: one line naming the path, when a path holds no database, a database is
@@ -136,6 +147,8 @@ def load_tasks(paths: Iterable[str | os.PathLike], *, min_records: int = 1) -> l
     tasks: list[TaskRecords] = []
     for d in dict.fromkeys(dirs):
         tasks.extend(_db_tasks(d))
+    if pool:
+        tasks = _pooled(tasks)
     seen: dict[str, int] = {}
     for t in tasks:
         seen[t.name] = seen.get(t.name, 0) + 1
@@ -143,6 +156,25 @@ def load_tasks(paths: Iterable[str | os.PathLike], *, min_records: int = 1) -> l
         if seen[t.name] > 1:
             t.name = f"{t.name}@{t.db.path.name}"
     return [t for t in tasks if len(t.records) >= min_records]
+
+
+def _pooled(tasks: list[TaskRecords]) -> list[TaskRecords]:
+    """One task per workload key, its records (and their databases) in the order of ``tasks``."""
+    by_key: dict[str, list[TaskRecords]] = {}
+    for t in tasks:
+        by_key.setdefault(t.key, []).append(t)
+    out = []
+    for parts in by_key.values():
+        if len(parts) == 1:
+            out.append(parts[0])
+            continue
+        first = parts[0]
+        out.append(TaskRecords(
+            name=first.name, key=first.key, db=first.db, workload=first.workload,
+            records=[r for t in parts for r in t.records], times=np.concatenate([t.times for t in parts]),
+            n_failed=sum(t.n_failed for t in parts), family=first.family, batch=first.batch, weight=first.weight,
+            sources=[t.db for t in parts for _ in t.records]))
+    return out
 
 
 def _db_tasks(path: Path) -> list[TaskRecords]:

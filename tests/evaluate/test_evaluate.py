@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -186,3 +187,57 @@ def test_evaluation_says_when_the_checkpoint_was_trained_for_another_target(tiny
     same = Predictor(model=build_model(cfg), meta={**meta, "target": theirs})
     notes = evaluate([tiny_db], predictor=same, heldout={"NRM-0", "GMM-0"}, log=lambda m: None).notes
     assert not [n for n in notes if "checkpoint trained for" in n], notes
+
+
+def _split_runs(tiny_db: Path, runs: Path) -> None:
+    """The tiny db's records dealt into two "runs" of one benchmark task; the second lists the workloads in
+    reverse order (its records' workload indices remapped), so a record replayed in the wrong database fails."""
+    wl = (tiny_db / "database_workload.json").read_text().splitlines()
+    recs = [json.loads(line) for line in (tiny_db / "database_tuning_record.json").read_text().splitlines()]
+    for i, name in enumerate(("gnn-s1", "xgb-s1")):
+        d = runs / "T" / name
+        d.mkdir(parents=True)
+        order = wl if i == 0 else wl[::-1]
+        (d / "database_workload.json").write_text("\n".join(order) + "\n")
+        mine = [[r[0] if i == 0 else len(wl) - 1 - r[0], r[1]] for r in recs[i::2]]
+        (d / "database_tuning_record.json").write_text("".join(json.dumps(r) + "\n" for r in mine))
+
+
+def test_pooled_runs_are_one_task_each_record_replayed_from_its_own_database(tiny_db: Path, tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    _split_runs(tiny_db, runs)
+    whole = {t.name: t for t in load_tasks([tiny_db])}
+    apart = load_tasks([runs])
+    assert sorted(t.name for t in apart) == sorted(f"{n}@{r}" for n in whole for r in ("gnn-s1", "xgb-s1"))
+    pooled = {t.name: t for t in load_tasks([runs], pool=True)}
+    assert set(pooled) == set(whole)
+    for name, t in pooled.items():
+        parts = [a for a in apart if a.key == t.key]
+        assert sorted(t.times) == sorted(whole[name].times) and t.n_failed == whole[name].n_failed
+        assert [s.path.name for s in t.sources] == [p.db.path.name for p in parts for _ in p.records]
+        mods = [c.sch.mod.script() for c in t.candidates()]
+        assert t.n_unreplayable == 0
+        assert mods == [c.sch.mod.script() for p in parts for c in p.candidates()]
+        t.subsample(7)  # the records' databases stay aligned with them
+        assert len(t.records) == len(t.times) == len(t.sources) == len(t.candidates()) == 7
+        assert t.candidates()[0].sch.mod.script() == mods[0]
+
+
+def test_unseen_scores_only_the_tasks_the_training_databases_lack(tiny_db: Path, tmp_path: Path) -> None:
+    from perfmodel.evaluate.evaluator import evaluate
+
+    runs = tmp_path / "runs"
+    _split_runs(tiny_db, runs)
+    gmm = [t for t in load_tasks([tiny_db]) if t.name == "GMM-0"][0]
+    train = tmp_path / "train"
+    train.mkdir()
+    shutil.copy(tiny_db / "database_workload.json", train)
+    lines = (tiny_db / "database_tuning_record.json").read_text().splitlines()
+    (train / "database_tuning_record.json").write_text(
+        "".join(line + "\n" for line in lines if json.loads(line)[0] == gmm.workload))
+    res = evaluate([runs], train_db=[train], pool=True, unseen=True, log=lambda m: None)
+    assert [t.name for t in res.tasks] == ["NRM-0"], [t.name for t in res.tasks]
+    assert any("left out 1 evaluated task(s) of 2" in n for n in res.notes), res.notes
+    assert res.config["pool"] and res.config["unseen"]
+    with pytest.raises(ValueError, match="nothing unseen to evaluate"):
+        evaluate([runs], train_db=[tiny_db], pool=True, unseen=True, log=lambda m: None)

@@ -57,9 +57,13 @@ def candidates(space) -> list:
     return [ms.MeasureCandidate(s, space.args_info) for s in schs]
 
 
-def _results(n: int, *, failed: tuple[int, ...] = (), order: np.ndarray | None = None) -> list:
-    """Runner results: distinct times (3 repeats each; ``order[i]``: candidate i's rank, 0 = fastest), and
-    failures where asked (error / 1e10)."""
+def _results(n: int, *, failed: tuple[int, ...] = (), reverse_of: list | None = None) -> list:
+    """Runner results: distinct times (3 repeats each), and failures where asked (error / 1e10).
+
+    ``reverse_of``: a cost model's scores of the candidates; the times then run in the reverse of its order (its
+    top pick measured slowest): an order the network does not know, but its embeddings can express, whatever the
+    checkpoint. Else a fixed pattern, (7 i mod n)."""
+    order = np.argsort(np.argsort(np.asarray(reverse_of))) if reverse_of is not None else None
     out = []
     for i in range(n):
         if i in failed:
@@ -135,10 +139,7 @@ def test_save_load_round_trip(gnn_ckpt: Path, space, candidates: list, tmp_path:
 def test_update_fine_tunes_on_measured_results(gnn_ckpt: Path, space, candidates: list) -> None:
     model = GNNCostModel.from_checkpoint(gnn_ckpt, steps=30, lr=1e-2, online="finetune")
     before = model.predict(space.ctx, candidates)
-    # measured times in the reverse of the network's order (its top pick measured slowest): an order the
-    # network does not know, but its embeddings can express, whatever the checkpoint
-    rank = np.argsort(np.argsort(-np.asarray(before)))
-    results = _results(len(candidates), failed=(2, 3), order=len(rank) - 1 - rank)
+    results = _results(len(candidates), failed=(2, 3), reverse_of=before)
     model.update(space.ctx, candidates, results)  # through TVM's C++ CostModel::Update
     after = model.predict(space.ctx, candidates)
     assert not np.allclose(before, after)
@@ -170,10 +171,7 @@ def test_ridge_correction_learns_the_task_in_milliseconds(gnn_ckpt: Path, space,
     model = GNNCostModel.from_checkpoint(gnn_ckpt)
     weights = [p.detach().clone() for p in model.predictor.model.parameters()]
     before = model.predict(space.ctx, candidates)
-    # measured times in the reverse of the network's order (its top pick measured slowest): an order the
-    # network does not know, but its embeddings can express, whatever the checkpoint
-    rank = np.argsort(np.argsort(-np.asarray(before)))
-    results = _results(len(candidates), failed=(2, 3), order=len(rank) - 1 - rank)
+    results = _results(len(candidates), failed=(2, 3), reverse_of=before)
     model.update(space.ctx, candidates, results)
     after = model.predict(space.ctx, candidates)
     assert all(torch.equal(w, p) for w, p in zip(weights, model.predictor.model.parameters()))
