@@ -7,8 +7,8 @@ Conventions, shared by training, ``perfmodel evaluate`` and the benchmarks:
 - ``mape`` is a fraction (0.2 = 20%), computed on times in seconds.
 - Ranking metrics are computed inside one task (times of different tasks are not comparable)
   and averaged over tasks with at least ``RANK_MIN_RECORDS`` records, each task counting once
-  (TenSet's convention), or with the weights given; a smaller task still gets its own values in
-  ``per_task``. Ties get average ranks (Spearman) and the tau-b
+  (TenSet's convention), or with the weights given; so is R² (``MIN_RECORDS_METRICS``); a smaller
+  task still gets its own values in ``per_task``. Ties get average ranks (Spearman) and the tau-b
   correction (Kendall).
 - A metric that is undefined for its input (no pair of distinct times, constant predictions,
   a single record) is ``nan``, never a made-up number; averages skip ``nan``.
@@ -38,6 +38,10 @@ NAN = float("nan")
 # of pairs, often closer together than the labels' noise: one 2-record task (one pair 1.3% apart)
 # moved a 13-task pairwise average by 0.06 (benchmarks/RESULTS.md). Its values stay in ``per_task``.
 RANK_MIN_RECORDS = 6
+# R² averages over the same tasks: it divides by a task's spread, and on a few records of a task that runs
+# in the same time whatever the schedule (a 3-record reshape) one task's R² of -40,000 made a 17-task
+# average -7,120 (benchmarks/RESULTS.md, #11). MAPE and rmse_log are per-record errors: every task counts.
+MIN_RECORDS_METRICS = RANKING + ("r2",)
 
 
 def _arr(x: Any) -> np.ndarray:
@@ -201,7 +205,7 @@ def task_metrics(
         per_task[_key(task)] = _one_task(p[m], t[m], absolute)
     out: dict[str, Any] = {}
     for name in METRICS:
-        out[name] = _average(per_task, name, task_weights, ranked_only=name in RANKING)
+        out[name] = _average(per_task, name, task_weights, ranked_only=name in MIN_RECORDS_METRICS)
     ranked = [k for k, v in per_task.items() if v["n"] >= RANK_MIN_RECORDS]
     out.update(n_tasks=len(per_task), n_records=int(t.size), n_tasks_ranked=len(ranked),
                skipped_tasks=[k for k in per_task if k not in ranked], per_task=per_task)

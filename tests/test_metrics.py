@@ -139,9 +139,12 @@ def test_task_metrics_averages_over_tasks_and_reports_small_tasks() -> None:
     assert out["pairwise_acc"] == pytest.approx(0.5)  # ... but only a and b are averaged: (1 + 0) / 2
     assert out["kendall_tau"] == pytest.approx(0.0)
     assert out["peak1"] == pytest.approx((1.0 + 1.0 / n) / 2)
-    # absolute metrics average every task: mape a = 1.0 (x2), c = (1 + 0.5) / 2, d = 0, b below
+    # MAPE averages every task: mape a = 1.0 (x2), c = (1 + 0.5) / 2, d = 0, b below
     mape_b = float(np.mean(np.abs(np.arange(n, 0, -1) / np.arange(1.0, n + 1) - 1)))
     assert out["mape"] == pytest.approx((1.0 + mape_b + 0.75 + 0.0) / 4)
+    # ... but R² divides by a task's spread: only the ranked tasks a and b (c: -3, kept in per_task)
+    assert out["per_task"]["c"]["r2"] == pytest.approx(-3.0)
+    assert out["r2"] == pytest.approx((out["per_task"]["a"]["r2"] + out["per_task"]["b"]["r2"]) / 2)
     assert out["per_task"]["d"]["n"] == 1
     assert set(M.METRICS) <= set(out)
 

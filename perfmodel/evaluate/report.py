@@ -54,8 +54,9 @@ def write_report(result: EvalResult, out_dir: str | os.PathLike) -> Path:
     md += [f"Databases: {', '.join(j['config']['db'])}; baselines trained on: "
            f"{', '.join(j['config']['train_db']) or '-'}.", ""]
     md += ["MAPE, RMSE (of natural-log seconds) and R² need predicted times: TVM's `xgb`/`mlp` predict "
-           "normalized throughput and `random` a score, so theirs are `-`. Ranking metrics are per task, "
-           f"averaged over tasks with >= {RANK_MIN_RECORDS} records (each task counts once). peak@k = best "
+           "normalized throughput and `random` a score, so theirs are `-`. Ranking metrics and R² are per task, "
+           f"averaged over tasks with >= {RANK_MIN_RECORDS} records (each task counts once; MAPE and RMSE over "
+           "every task). peak@k = best "
            "measured time / best measured time among the model's k top picks.", ""]
     md += ["## Overall", ""]
     rows = []
