@@ -222,6 +222,27 @@ def test_retimed_finals_enter_the_comparison_and_are_read_back_for_the_same_runs
     # stored: the GNN's final 1.5x XGB's; re-timed side by side: 0.8x
     assert rep["gnn_vs_xgb"]["1"]["final_ratio"] == 1.5 and rep["gnn_vs_xgb"]["1"]["final_ratio_retimed"] == 0.8
     assert rep["retimed_final_s"]["random-s1"] == 3.0 and rep["retime"]["top"] == 2
+    assert "within_noise" not in rep["gnn_vs_xgb"]["1"]  # no curves given: no second comparison
+
+
+def test_reached_within_the_retiming_spread_counts_for_both_models(bench) -> None:
+    # XGB's final 2.0 after 6 trials (2.08 after 3); the GNN's best 2.05 after 2 trials, never <= 2.02
+    xgb = _run([5.0, 4.0, 2.08, 2.08, 2.08, 2.0, 2.0, 2.0], [10, 20, 30, 40, 50, 60, 70, 80])
+    gnn = _run([3.0, 2.05, 2.05, 2.05, 2.05, 2.05, 2.05, 2.05], [15, 30, 45, 60, 75, 90, 105, 120])
+    runs = {("gnn", 1): gnn, ("xgb", 1): xgb}
+
+    def rt(rel: float | None) -> dict:
+        return {"top": 2, "passes": 2, "seconds": 1.0, "pass_median_rel": rel,
+                "runs": {"gnn-s1": {"best_s": 2.05}, "xgb-s1": {"best_s": 2.0}}}
+
+    rep = bench.task_report("T", runs, 8)
+    assert rep["gnn_vs_xgb"]["1"]["trials_saved"] == 0.75  # 1%: the GNN never reached it, its 8 trials count
+    bench.add_retimed(rep, rt(0.05), runs)
+    # a 5% spread: XGB reached its own final's band after 3 trials / 30 s, the GNN after 2 / 30 s
+    assert rep["gnn_vs_xgb"]["1"]["within_noise"] == {"rel_tol": 0.05, "trials_saved": 1.5, "seconds_saved": 1.0}
+    bench.add_retimed(rep, rt(0.001), runs)  # a spread below REACH_TOL: REACH_TOL, the headline's comparison
+    assert rep["gnn_vs_xgb"]["1"]["within_noise"] == {"rel_tol": bench.REACH_TOL, "trials_saved": 0.75,
+                                                      "seconds_saved": 0.5}
 
 
 @pytest.mark.slow
