@@ -147,7 +147,9 @@ def evaluate(
     if shared and heldout is not None:
         names = heldout() if callable(heldout) else heldout
         before = len(eval_tasks)
-        eval_tasks = [t for t in eval_tasks if t.db.path.resolve() not in shared or t.name in names]
+        # a pooled task is a training task when any of its databases is a training one
+        eval_tasks = [t for t in eval_tasks if t.name in names
+                      or not {d.path.resolve() for d in (t.sources or [t.db])} & shared]
         notes.append(f"evaluated database is also the training database: scoring its {len(eval_tasks)} "
                      f"held-out tasks of {before}")
     # replay every record once (drops the unreplayable ones) before any model sees the task

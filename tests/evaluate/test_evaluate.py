@@ -241,3 +241,17 @@ def test_unseen_scores_only_the_tasks_the_training_databases_lack(tiny_db: Path,
     assert res.config["pool"] and res.config["unseen"]
     with pytest.raises(ValueError, match="nothing unseen to evaluate"):
         evaluate([runs], train_db=[tiny_db], pool=True, unseen=True, log=lambda m: None)
+
+
+def test_a_pooled_task_with_records_of_the_training_database_is_held_out_by_name(tiny_db: Path,
+                                                                                  tmp_path: Path) -> None:
+    from perfmodel.evaluate.evaluator import evaluate
+
+    runs = tmp_path / "runs"
+    _split_runs(tiny_db, runs)
+    # the second run is also the training database: its tasks count as trained on, though each pooled
+    # task's first database (gnn-s1) is not a training one
+    res = evaluate([runs], train_db=[runs / "T" / "xgb-s1"], baselines=(), pool=True, heldout={"NRM-0"},
+                   log=lambda m: None)
+    assert [t.name for t in res.tasks] == ["NRM-0"], [t.name for t in res.tasks]
+    assert any("scoring its 1 held-out tasks of 2" in n for n in res.notes), res.notes
