@@ -664,7 +664,30 @@ def _time_side_by_side(net_rep: dict, network: str, batch: int, work_dirs: dict[
         return
     net_rep["network_latency_ms_own_run"] = net_rep["network_latency_ms"]
     net_rep["network_latency_ms"] = {m: same["latency_ms"].get(m) for m in net_rep["network_latency_ms"]}
+    same["vs_xgb"] = builds_vs_xgb(same["builds_ms"])
     net_rep["same_run"] = same
+
+
+def builds_vs_xgb(builds_ms: dict[str, list[float]]) -> dict[str, dict[str, float | None]]:
+    """Each model's builds of the network against XGB's, timed side by side: ``median_ratio``, ``mean_ratio``
+    and ``fastest_ratio`` (model / XGB), and ``p`` (two-sided Mann-Whitney U over the builds: how likely
+    samples this far apart are when the two databases are equally fast). A build's own code and data
+    placement moves the BERT layer between ~30 and ~44 ms (RESULTS), so a median alone can flip with a
+    few builds; ``p`` says whether the difference stands out of that spread."""
+    import numpy as np
+    from scipy import stats
+
+    x = np.asarray(builds_ms.get("xgb") or [], dtype=np.float64)
+    out: dict[str, dict[str, float | None]] = {}
+    for m, b in builds_ms.items():
+        g = np.asarray(b, dtype=np.float64)
+        if m == "xgb" or not len(g) or not len(x):
+            continue
+        p = float(stats.mannwhitneyu(g, x).pvalue) if len(g) > 1 and len(x) > 1 else None
+        out[m] = {"median_ratio": round(float(np.median(g) / np.median(x)), 4),
+                  "mean_ratio": round(float(g.mean() / x.mean()), 4),
+                  "fastest_ratio": round(float(g.min() / x.min()), 4), "p": None if p is None else round(p, 4)}
+    return out
 
 
 def _saved(prefix: str, cmps: list[dict]) -> dict[str, Any]:
@@ -761,6 +784,10 @@ def _print_network(rep: dict) -> None:
                   f"{m} {'-' if v is None else f'{v:.3f}'}" for m, v in rep["network_latency_ms_own_run"].items()))
         for m, b in same["builds_ms"].items():
             print(f"  {m:8s} builds: " + ", ".join(f"{v:.3f}" for v in b) + " ms")
+        for m, c in same.get("vs_xgb", {}).items():
+            p = "-" if c["p"] is None else f"{c['p']:.2f}"
+            print(f"  {m} / xgb: median {c['median_ratio']:.3f}, mean {c['mean_ratio']:.3f}, fastest "
+                  f"{c['fastest_ratio']:.3f}; Mann-Whitney p = {p}")
 
 
 def _print_summary(res: dict, n_tasks: int, seeds: list[int]) -> None:

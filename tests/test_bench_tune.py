@@ -56,6 +56,18 @@ def test_side_by_side_network_timing_keeps_the_runs_own_when_it_cannot_run(bench
     assert rep["network_latency_ms"] == own and "same_run" not in rep and "nope" in rep["same_run_error"]
 
 
+def test_network_builds_against_xgb_say_whether_the_difference_stands_out(bench) -> None:
+    slow, fast = [40.0, 41.0, 42.0, 43.0, 44.0, 45.0], [30.0, 31.0, 32.0, 33.0, 34.0, 35.0]
+    same = [35.0, 30.0, 34.0, 31.0, 33.0, 32.0]  # xgb's builds in another order
+    out = bench.builds_vs_xgb({"gnn": slow, "xgb": fast, "random": same, "gnn-stall": [50.0]})
+    assert "xgb" not in out
+    assert out["gnn"]["median_ratio"] == round(42.5 / 32.5, 4) and out["gnn"]["fastest_ratio"] == round(40 / 30, 4)
+    assert out["gnn"]["p"] < 0.01  # every build slower: it stands out
+    assert out["random"]["p"] == 1.0 and out["random"]["mean_ratio"] == 1.0
+    assert out["gnn-stall"]["p"] is None  # one build: no test
+    assert bench.builds_vs_xgb({"gnn": slow}) == {}  # nothing to compare with
+
+
 def test_task_report_goes_on_past_a_run_whose_every_candidate_failed(bench) -> None:
     runs = {("gnn", 1): {**_run([4.0, 2.0], [30, 70]), "guard": {"remeasured": 2, "waited_s": 3.0, "remeasure_s": 9.5}},
             ("xgb", 1): _run([None, None], [20, 40]),
