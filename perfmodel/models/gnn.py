@@ -56,6 +56,17 @@ class Readout(nn.Module):
         return out
 
 
+def log_work(flops: Any, io_bytes: Any = None, *, copy_work: bool = False) -> Tensor:
+    """The operation count the model's scale inputs read, as a natural log, float64 [B]: ``log max(FLOPs, 1)``;
+    with ``copy_work`` a graph with FLOPs < 1 (a pure copy) counts its argument bytes ``io_bytes`` instead.
+    The one definition for training's standardization and the model's inputs."""
+    f = torch.as_tensor(flops, dtype=torch.float64).reshape(-1)
+    if copy_work:
+        nb = torch.as_tensor(io_bytes, dtype=torch.float64).reshape(-1)
+        f = torch.where(f < 1.0, nb, f)
+    return torch.log(f.clamp_min(1.0))
+
+
 class CostGNN(nn.Module):
     """Predicts the log run time (seconds) of a scheduled program from its stage graph.
 
@@ -87,6 +98,9 @@ class CostGNN(nn.Module):
         use_flops: give the head the graph's standardized log FLOPs.
         flops_skip: add a learned linear term in log FLOPs to the prediction.
         use_bytes: also use the graph's standardized log argument bytes (``io_bytes``), as above.
+        copy_work: a graph without FLOPs (a copy: reshape, transpose, slice) counts its argument bytes
+            (``io_bytes``) as its operation count in the log-FLOPs inputs (:func:`log_work`), instead of
+            ``log 1 = 0``, which lies ~9 standard deviations below every computing graph (RESULTS, #11).
         target_input: entries of the target embedding (the vocabulary size of ``target_id``; 0 = no
             target input: ``target_id`` is ignored and not needed).
         drop_features: node feature names (``NODE_FEATURES``) the model does not see: set to their
@@ -115,6 +129,7 @@ class CostGNN(nn.Module):
         use_flops: bool = True,
         flops_skip: bool = True,
         use_bytes: bool = False,
+        copy_work: bool = False,
         target_input: int = 0,
         drop_features: Sequence[str] = (),
         **conv_kwargs: Any,
@@ -134,7 +149,7 @@ class CostGNN(nn.Module):
         self.target_input = int(target_input or 0)
         self.in_dim, self.edge_dim, self.hidden = in_dim, edge_dim, hidden
         self.bidirectional, self.use_flops, self.flops_skip = bidirectional, use_flops, flops_skip
-        self.use_bytes = use_bytes
+        self.use_bytes, self.copy_work = use_bytes, bool(copy_work)
         n_scale = 2 if use_bytes else 1  # graph-level scale inputs: log FLOPs (and log bytes)
         self.conv_kwargs = conv_kwargs
         e_in = edge_dim + (1 if bidirectional else 0)
@@ -219,9 +234,13 @@ class CostGNN(nn.Module):
         return (v - mean.double()) / std.double()
 
     def log_flops(self, data: Any) -> Tensor:
-        """Standardized log FLOPs of each graph, [B]."""
-        flops = data.flops.reshape(-1).to(self.flops_mean.dtype)
-        return (torch.log(flops.clamp_min(1.0)) - self.flops_mean) / self.flops_std
+        """Standardized log FLOPs (:func:`log_work`) of each graph, [B]."""
+        nb = getattr(data, "io_bytes", None) if self.copy_work else None
+        if self.copy_work and nb is None:
+            raise ValueError("this model counts a copy's bytes as its work (copy_work=True) but the graphs have no "
+                             "io_bytes: featurize them with this version of perfmodel")
+        lw = log_work(data.flops, nb, copy_work=self.copy_work).to(self.flops_mean.dtype)
+        return (lw - self.flops_mean) / self.flops_std
 
     def log_bytes(self, data: Any) -> Tensor:
         """Standardized log argument bytes (``io_bytes``) of each graph, [B]."""

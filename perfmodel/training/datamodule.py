@@ -186,10 +186,14 @@ class ScheduleDataModule(L.LightningDataModule):
         """The ``train`` / ``val`` / ``test`` part of the dataset."""
         return self.dataset[torch.as_tensor(self.splits[name])]
 
-    def train_log_flops(self) -> torch.Tensor:
-        """log FLOPs of the training graphs [N] (for the model's standardization)."""
-        flops = field(self.dataset, "flops")[self.splits["train"]]
-        return torch.log(torch.as_tensor(flops, dtype=torch.float64).clamp_min(1.0))
+    def train_log_flops(self, *, copy_work: bool = False) -> torch.Tensor:
+        """log FLOPs of the training graphs [N] (for the model's standardization; ``copy_work``: a copy's
+        bytes stand for its FLOPs, ``perfmodel.models.gnn.log_work``)."""
+        from perfmodel.models.gnn import log_work
+
+        tr = self.splits["train"]
+        nb = field(self.dataset, "io_bytes")[tr] if copy_work else None
+        return log_work(field(self.dataset, "flops")[tr], nb, copy_work=copy_work)
 
     def train_log_bytes(self) -> torch.Tensor:
         """log argument bytes (``io_bytes``) of the training graphs [N] (for the model's standardization)."""

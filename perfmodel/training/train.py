@@ -61,7 +61,7 @@ def build_module(cfg: DictConfig, dm: ScheduleDataModule) -> CostModelModule:
                         n_targets=len(dm.targets))
     model = build_model(mcfg)
     # io_bytes only where the model reads them (synthetic graphs have none)
-    model.set_flops_stats(dm.train_log_flops(), dm.train_log_secs(),
+    model.set_flops_stats(dm.train_log_flops(copy_work=bool(mcfg.get("copy_work"))), dm.train_log_secs(),
                           dm.train_log_bytes() if mcfg.get("use_bytes") else None)
     names = dm.task_names
     test_tasks = sorted({names[int(t)] for t in np.unique(dm.task_ids[dm.splits["test"]])})

@@ -79,6 +79,30 @@ def test_argument_bytes_enter_the_prediction_only_with_use_bytes(batch: Batch) -
         roof(batch)
 
 
+def test_a_copy_counts_its_bytes_as_its_work_only_with_copy_work(batch: Batch) -> None:
+    from perfmodel.models.gnn import log_work
+
+    batch.flops = torch.tensor([0.0, 1e6, 1e9])  # graph 0 computes nothing (a reshape)
+    batch.io_bytes = torch.tensor([1e6, 1e5, 1e7])
+    lw = log_work(batch.flops, batch.io_bytes, copy_work=True)
+    assert torch.allclose(lw, torch.log(torch.tensor([1e6, 1e6, 1e9], dtype=torch.float64)))
+    assert log_work(batch.flops)[0] == 0.0  # without it: log max(FLOPs, 1)
+    copy = build_model({"name": "gcn", "in_dim": 5, "edge_dim": 3, "hidden": 8, "copy_work": True}).eval()
+    copy.set_flops_stats(lw, torch.tensor([-12.0, -9.0, -6.0]))
+    # the reshape's scale input now equals a 1e6-FLOP graph's (bytes stand for its FLOPs)
+    assert torch.allclose(copy.log_flops(batch)[0], copy.log_flops(batch)[1])
+    more = batch.clone()
+    more.io_bytes = torch.tensor([1e8, 1e5, 1e7])  # only the copy's bytes grow: only its prediction moves
+    a, b = copy(batch), copy(more)
+    assert not torch.isclose(a[0], b[0]) and torch.allclose(a[1:], b[1:])
+    plain = build_model({"name": "gcn", "in_dim": 5, "edge_dim": 3, "hidden": 8}).eval()
+    plain.set_flops_stats(log_work(batch.flops), torch.tensor([-12.0, -9.0, -6.0]))
+    assert torch.allclose(plain(batch), plain(more))
+    del more.io_bytes
+    with pytest.raises(ValueError, match="copy_work=True"):
+        copy(more)
+
+
 @pytest.mark.parametrize("name", ["gin", "gcn"])
 def test_target_id_enters_the_prediction_only_with_target_input(name: str, batch: Batch) -> None:
     batch.target_id = torch.tensor([0, 0, 0])
