@@ -149,7 +149,7 @@ def evaluate(
         before = len(eval_tasks)
         # a pooled task is a training task when any of its databases is a training one
         eval_tasks = [t for t in eval_tasks if t.name in names
-                      or not {d.path.resolve() for d in (t.sources or [t.db])} & shared]
+                      or not {d.path.resolve() for d in t.databases()} & shared]
         notes.append(f"evaluated database is also the training database: scoring its {len(eval_tasks)} "
                      f"held-out tasks of {before}")
     # replay every record once (drops the unreplayable ones) before any model sees the task

@@ -101,6 +101,10 @@ class TaskRecords:
         if self.sources:
             self.sources = [self.sources[i] for i in keep]
 
+    def databases(self) -> list[Database]:
+        """The databases this task's records come from (several when pooled), in record order."""
+        return list({id(d): d for d in self.sources}.values()) if self.sources else [self.db]
+
     def schedules(self) -> list[Any]:
         """The ``tvm.s_tir.Schedule`` of every (replayable) record."""
         return [c.sch for c in self.candidates()]

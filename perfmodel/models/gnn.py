@@ -67,6 +67,15 @@ def log_work(flops: Any, io_bytes: Any = None, *, copy_work: bool = False) -> Te
     return torch.log(f.clamp_min(1.0))
 
 
+def _io_bytes(data: Any, option: str) -> Tensor:
+    """The graphs' ``io_bytes``, which the model's ``option`` reads; one line saying what to do when absent."""
+    nb = getattr(data, "io_bytes", None)
+    if nb is None:
+        raise ValueError(f"this model uses io_bytes ({option}) but the graphs have none: featurize them with this "
+                         "version of perfmodel (dataset caches rebuild themselves)")
+    return nb
+
+
 class CostGNN(nn.Module):
     """Predicts the log run time (seconds) of a scheduled program from its stage graph.
 
@@ -235,20 +244,13 @@ class CostGNN(nn.Module):
 
     def log_flops(self, data: Any) -> Tensor:
         """Standardized log FLOPs (:func:`log_work`) of each graph, [B]."""
-        nb = getattr(data, "io_bytes", None) if self.copy_work else None
-        if self.copy_work and nb is None:
-            raise ValueError("this model counts a copy's bytes as its work (copy_work=True) but the graphs have no "
-                             "io_bytes: featurize them with this version of perfmodel")
+        nb = _io_bytes(data, "copy_work=True") if self.copy_work else None
         lw = log_work(data.flops, nb, copy_work=self.copy_work).to(self.flops_mean.dtype)
         return (lw - self.flops_mean) / self.flops_std
 
     def log_bytes(self, data: Any) -> Tensor:
         """Standardized log argument bytes (``io_bytes``) of each graph, [B]."""
-        nb = getattr(data, "io_bytes", None)
-        if nb is None:
-            raise ValueError("this model uses io_bytes (use_bytes=True) but the graphs have none: "
-                             "featurize them with this version of perfmodel (dataset caches rebuild themselves)")
-        nb = nb.reshape(-1).to(self.bytes_mean.dtype)
+        nb = _io_bytes(data, "use_bytes=True").reshape(-1).to(self.bytes_mean.dtype)
         return (torch.log(nb.clamp_min(1.0)) - self.bytes_mean) / self.bytes_std
 
     def scale_inputs(self, data: Any) -> Tensor:
