@@ -110,6 +110,10 @@ class CostGNN(nn.Module):
         copy_work: a graph without FLOPs (a copy: reshape, transpose, slice) counts its argument bytes
             (``io_bytes``) as its operation count in the log-FLOPs inputs (:func:`log_work`), instead of
             ``log 1 = 0``, which lies ~9 standard deviations below every computing graph (RESULTS, #11).
+        virtual_node: a virtual node that sees the whole nest (Gilmer et al. 2017; the OGB recipe): after
+            each convolution but the last, the graph's mean node embedding plus the previous virtual state
+            goes through an MLP, and the result is added to every node before the next convolution. A stage
+            then hears of stages more hops away than ``num_layers`` (a long fused epilogue, a padding stage).
         target_input: entries of the target embedding (the vocabulary size of ``target_id``; 0 = no
             target input: ``target_id`` is ignored and not needed).
         drop_features: node feature names (``NODE_FEATURES``) the model does not see: set to their
@@ -139,6 +143,7 @@ class CostGNN(nn.Module):
         flops_skip: bool = True,
         use_bytes: bool = False,
         copy_work: bool = False,
+        virtual_node: bool = False,
         target_input: int = 0,
         drop_features: Sequence[str] = (),
         **conv_kwargs: Any,
@@ -166,6 +171,10 @@ class CostGNN(nn.Module):
         self.edge_embed = nn.Linear(e_in, hidden) if (self.uses_edge_attr and e_in > 0) else None
         self.convs = nn.ModuleList(self.make_conv(hidden, e_in) for _ in range(num_layers))
         self.norms = nn.ModuleList(_norm(norm, hidden) for _ in range(num_layers))
+        self.virtual_node = bool(virtual_node)
+        self.vn_mlps = (nn.ModuleList(_mlp([hidden, hidden, hidden], act) for _ in range(num_layers - 1))
+                        if self.virtual_node else None)
+        self.vn_pool = MeanAggregation() if self.virtual_node else None
         self._norm_batch = [_takes_batch(n) for n in self.norms]
         self.act = activation_resolver(act)
         self.dropout = nn.Dropout(dropout)
@@ -299,10 +308,17 @@ class CostGNN(nn.Module):
         size = int(data.num_graphs) if hasattr(data, "num_graphs") else int(batch.max()) + 1
         edge_index, ea = self._edges(data)
         h = self.embed(x if self.keep is None else x * self.keep)
-        for conv, norm, nb, e in zip(self.convs, self.norms, self._norm_batch, self.edge_inputs(ea)):
+        vn: Tensor | None = None  # the virtual node's state [B, H] (``virtual_node``)
+        layers = zip(self.convs, self.norms, self._norm_batch, self.edge_inputs(ea))
+        for i, (conv, norm, nb, e) in enumerate(layers):
+            if vn is not None:
+                h = h + vn.index_select(0, batch)
             out = self.conv_forward(conv, h, edge_index, e)
             out = norm(out, batch, size) if nb else norm(out)
             h = h + self.dropout(self.act(out))
+            if self.vn_mlps is not None and i < len(self.vn_mlps):
+                pooled = self.vn_pool(h, batch, dim_size=size)
+                vn = self.vn_mlps[i](pooled if vn is None else pooled + vn)
         g = self.readout(h, batch, size)
         sc = self.scale_inputs(data).to(g.dtype)
         if self.use_flops:

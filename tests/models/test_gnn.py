@@ -227,3 +227,42 @@ def test_dropped_features_do_not_reach_the_prediction(batch: Batch) -> None:
     assert torch.equal(rebuilt.keep, dropped.keep) and int(rebuilt.keep.sum()) == f - 2
     with pytest.raises(ValueError, match="'vec_lanes' is not a node feature"):
         build_model({**cfg, "drop_features": ["vec_lanes"]})
+
+
+def _node_embeddings(model: torch.nn.Module, data: Data) -> torch.Tensor:
+    """The node embeddings [N, H] the readout pools (after the last convolution)."""
+    seen: list[torch.Tensor] = []
+    hook = model.readout.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    try:
+        model(data)
+    finally:
+        hook.remove()
+    return seen[0]
+
+
+@pytest.mark.parametrize("name", ["gin", "gcn"])
+def test_the_virtual_node_reaches_stages_beyond_the_layers_hops(name: str) -> None:
+    """A 6-stage chain, 2 layers: without the virtual node the first stage's embedding cannot see the last
+    stage (5 hops away); with it, it does."""
+    torch.manual_seed(0)
+    g = _graph(6, 0, 1e6)
+    far = g.clone()
+    far.x = far.x.clone()
+    far.x[5] += 5.0
+    for vn, reaches in ((False, False), (True, True)):
+        torch.manual_seed(0)
+        m = build_model({"name": name, "in_dim": 5, "edge_dim": 3, "hidden": 8, "num_layers": 2,
+                         "virtual_node": vn}).eval()
+        a, b = _node_embeddings(m, g)[0], _node_embeddings(m, far)[0]
+        assert torch.allclose(a, b) is not reaches, f"virtual_node={vn}"
+    assert len(m.vn_mlps) == 1  # between the two layers only
+
+
+def test_the_virtual_node_keeps_the_graphs_of_a_batch_apart(batch: Batch) -> None:
+    torch.manual_seed(0)
+    m = build_model({"name": "gin", "in_dim": 5, "edge_dim": 3, "hidden": 8, "virtual_node": True}).eval()
+    together = m(batch)
+    alone = torch.cat([m(Batch.from_data_list([g])) for g in batch.to_data_list()])
+    assert torch.allclose(together, alone, atol=1e-5)
+    together.sum().backward()
+    assert all(p.grad is not None for p in m.vn_mlps.parameters())
