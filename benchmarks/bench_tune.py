@@ -133,7 +133,7 @@ def run_one(wd: Path, overrides: list[str]) -> dict[str, Any]:
     summary = wd / SUMMARY
     if summary.is_file():
         done = json.loads(summary.read_text())
-        if _not_gnn(done.get("overrides") or []) != _not_gnn(overrides):
+        if _run_settings(done.get("overrides") or []) != _run_settings(overrides):
             raise SystemExit(f"{wd} was tuned with other settings ({done.get('overrides')}, now {overrides}): "
                              "restart with the same flags, or use another --out")
         from perfmodel.workloads import describe_target, targets_match
@@ -174,9 +174,11 @@ def _write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def _not_gnn(overrides: list[str]) -> list[str]:
-    """``overrides`` without the ``gnn.*`` options (a GNN run's are compared as ``gnn_settings``)."""
-    return [o for o in overrides if not o.startswith("gnn.")]
+def _run_settings(overrides: list[str]) -> list[str]:
+    """``overrides`` without the GNN's: its ``gnn.*`` options (a GNN run's are compared as ``gnn_settings``) and
+    ``checkpoint=`` (a GNN run's weights are compared by digest, wherever the file lies; XGB and random never
+    read it, so their runs are read back under any ``--checkpoint``)."""
+    return [o for o in overrides if not o.startswith(("gnn.", "checkpoint="))]
 
 
 def _option(overrides: list[str], key: str) -> str | None:

@@ -139,6 +139,17 @@ def test_a_finished_gnn_run_of_other_weights_is_never_read_back(bench, tmp_path:
     xov = ["task=GMM-0", "cost_model=xgb", "trials=1"]
     (xd / "summary.json").write_text(json.dumps({**_run([2.0], [5.0]), "overrides": xov, "target": here}))
     assert bench.run_one(xd, xov)["resumed"] is True
+    # ... and under any --checkpoint (an XGB run of one GNN's benchmark is the baseline of another's)
+    assert bench.run_one(xd, [*xov, f"checkpoint={ckpt}"])["resumed"] is True
+    # a GNN run moved with its checkpoint file: the same weights at another path are the same model
+    moved = tmp_path / "moved.ckpt"
+    moved.write_bytes(ckpt.read_bytes())
+    (wd / "summary.json").write_text(json.dumps({**_run([2.0], [5.0]), "overrides": ov, "target": here,
+                                                 "checkpoint": checkpoint_id(ckpt), "gnn_settings": opts}))
+    mov = [o if not o.startswith("checkpoint=") else f"checkpoint={moved}" for o in ov]
+    assert bench.run_one(wd, mov)["resumed"] is True
+    with pytest.raises(SystemExit, match="tuned with other settings"):
+        bench.run_one(xd, [*xov, "trials=2"])  # the search's own settings still decide
 
 
 def _gnn_settings(overrides: list[str]) -> dict:
