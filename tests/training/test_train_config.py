@@ -142,7 +142,8 @@ def test_three_targets_preset_adds_the_zen5_folder_to_both_targets(tmp_path: Pat
 
 def test_four_targets_preset_adds_the_zen4_folder_to_three_targets(tmp_path: Path) -> None:
     three, four = _cfg(tmp_path, "experiment=three_targets"), _cfg(tmp_path, "experiment=four_targets")
-    assert list(four.data.db_paths[:3]) == list(three.data.db_paths) and four.data.db_paths[3].endswith("/amd-epyc-znver4-t1")
+    assert list(four.data.db_paths[:3]) == list(three.data.db_paths)
+    assert four.data.db_paths[3].endswith("/amd-epyc-znver4-t1")
     assert four.data.eval_db == three.data.eval_db and four.model.target_input is True
     assert four.task_name == "four_targets" and four.data.split == three.data.split
     assert all(Path(p).is_dir() for p in four.data.db_paths)
