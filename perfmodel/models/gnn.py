@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch_geometric.nn import GATv2Conv, GCNConv, GINEConv, SAGEConv
+from torch_geometric.nn import GATv2Conv, GCNConv, GINEConv, SAGEConv, global_mean_pool
 from torch_geometric.nn.aggr import AttentionalAggregation, MaxAggregation, MeanAggregation, SumAggregation
 from torch_geometric.nn.resolver import activation_resolver, normalization_resolver
 
@@ -171,10 +171,8 @@ class CostGNN(nn.Module):
         self.edge_embed = nn.Linear(e_in, hidden) if (self.uses_edge_attr and e_in > 0) else None
         self.convs = nn.ModuleList(self.make_conv(hidden, e_in) for _ in range(num_layers))
         self.norms = nn.ModuleList(_norm(norm, hidden) for _ in range(num_layers))
-        self.virtual_node = bool(virtual_node)
         self.vn_mlps = (nn.ModuleList(_mlp([hidden, hidden, hidden], act) for _ in range(num_layers - 1))
-                        if self.virtual_node else None)
-        self.vn_pool = MeanAggregation() if self.virtual_node else None
+                        if virtual_node else None)
         self._norm_batch = [_takes_batch(n) for n in self.norms]
         self.act = activation_resolver(act)
         self.dropout = nn.Dropout(dropout)
@@ -317,7 +315,7 @@ class CostGNN(nn.Module):
             out = norm(out, batch, size) if nb else norm(out)
             h = h + self.dropout(self.act(out))
             if self.vn_mlps is not None and i < len(self.vn_mlps):
-                pooled = self.vn_pool(h, batch, dim_size=size)
+                pooled = global_mean_pool(h, batch, size)
                 vn = self.vn_mlps[i](pooled if vn is None else pooled + vn)
         g = self.readout(h, batch, size)
         sc = self.scale_inputs(data).to(g.dtype)
