@@ -55,3 +55,23 @@ def test_combined_is_the_weighted_sum() -> None:
     c = CombinedLoss(mse_weight=2.0, rank_weight=0.5)
     want = 2.0 * MSELoss()(pred, TRUE, TASK) + 0.5 * RankNetLoss()(pred, TRUE, TASK)
     assert torch.isclose(c(pred, TRUE, TASK), want)
+
+
+def test_lambdarank_sharpness_moves_the_weight_to_the_fast_corner() -> None:
+    true = torch.log(torch.tensor([1.0, 1.3, 1.7, 2.2, 3.0]))  # seconds of one task's five schedules
+    task = torch.zeros(5, dtype=torch.long)
+    swap_top = torch.tensor([1.0, 0.0, 2.0, 3.0, 4.0])  # the two fastest swapped
+    swap_low = torch.tensor([0.0, 1.0, 2.0, 4.0, 3.0])  # the two slowest swapped
+    ratios = []
+    for sharpness in (1.0, 4.0):
+        loss = LambdaRankLoss(sharpness=sharpness)
+        ratios.append(float(loss(swap_top, true, task) / loss(swap_low, true, task)))
+    assert ratios[1] > 1.5 * ratios[0] > 1.5  # the fast pair's error counts more, more so when sharper (2.0 -> 3.3)
+    assert torch.isclose(LambdaRankLoss(sharpness=1.0)(swap_top, true, task), LambdaRankLoss()(swap_top, true, task))
+
+
+def test_lambdarank_rejects_a_non_positive_sharpness() -> None:
+    import pytest
+
+    with pytest.raises(ValueError, match="sharpness"):
+        LambdaRankLoss(sharpness=0.0)
