@@ -80,41 +80,45 @@ def main() -> int:
             continue
         recs = [r for r in by_wl[names[name]] if r.ok]
         for i in sorted(rng.choice(len(recs), size=min(args.n, len(recs)), replace=False)):
-            c = db.tuning_record(recs[i]).as_measure_candidate()
+            try:
+                c = db.tuning_record(recs[i]).as_measure_candidate()
+            except Exception as e:  # noqa: BLE001  a record that does not replay is left out
+                print(f"skip record {i} of {name}: {one_line(e)}", file=sys.stderr)
+                continue
             items.append((c.sch.mod, c.args_info))
     if not items:
         print(f"none of --tasks ({args.tasks}) is in {db.path}", file=sys.stderr)
         return 2
     target = tvm.target.Target(native_target())
-    tmp = tempfile.TemporaryDirectory(prefix="bench-guard-")
-    timed = []
-    for mod, a in items:  # built once, before any timing
-        try:
-            timed.append((build(mod, target, tmp.name), a))
-        except Exception as e:  # noqa: BLE001  a schedule that no longer builds is left out
-            print(f"skip a schedule: {one_line(e)}", file=sys.stderr)
-    print(f"{len(items)} schedules, {len(timed)} built; timing them as one batch for {args.minutes:g} min")
-    t0 = time.perf_counter()
     rows, drifts = [], []
-    with LocalMeasurer(target=target, guard=Guard(max_attempts=0), log=lambda _: None) as m:
-        while time.perf_counter() - t0 < args.minutes * 60:
-            res = m.measure_built(timed)
-            ref_s = next((r.info.get("ref_s") for r in res if r.info.get("ref_s")), None)
-            if ref_s is None:
-                continue
-            drifts.append(ref_s)
-            rows.append([label_secs(r.run_secs) if r.ok else np.nan for r in res])
+    with tempfile.TemporaryDirectory(prefix="bench-guard-") as tmp:
+        timed = []
+        for mod, a in items:  # built once, before any timing
+            try:
+                timed.append((build(mod, target, tmp), a))
+            except Exception as e:  # noqa: BLE001  a schedule that no longer builds is left out
+                print(f"skip a schedule: {one_line(e)}", file=sys.stderr)
+        print(f"{len(items)} schedules, {len(timed)} built; timing them as one batch for {args.minutes:g} min")
+        t0 = time.perf_counter()
+        with LocalMeasurer(target=target, guard=Guard(max_attempts=0), log=lambda _: None) as m:
+            while timed and time.perf_counter() - t0 < args.minutes * 60:
+                res = m.measure_built(timed)
+                ref_s = next((r.info.get("ref_s") for r in res if r.info.get("ref_s")), None)
+                if ref_s is None:
+                    continue
+                drifts.append(ref_s)
+                rows.append([label_secs(r.run_secs) if r.ok else np.nan for r in res])
     if not drifts:
-        print("no batch was timed with the reference (the reference kernel failed to build?)", file=sys.stderr)
+        print("no batch was timed with the reference (nothing built, or the reference kernel failed)", file=sys.stderr)
         return 1
     # a batch's drift as the guard would see it at the end: its fastest reference against the run's fastest
     times, drift = np.array(rows, dtype=np.float64), np.array(drifts, dtype=np.float64)
     drift = drift / drift.min() - 1.0
-    tmp.cleanup()
     slow_d = slowdowns(times, drift, args.calm)
     calm, slow = drift < args.calm, drift > args.slow
     between = ~calm & ~slow
-    hist = {f"{int(b * 5)}%": int(n) for b, n in zip(*np.unique(np.floor(drift * 20).astype(int), return_counts=True))}
+    bins, counts = np.unique(np.floor(drift * 20).astype(int), return_counts=True)
+    hist = {f"{int(b) * 5}%": int(n) for b, n in zip(bins, counts)}
     print("reference drift, batches per 5% bin:", hist)
 
     ok = np.isfinite(slow_d)
