@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.conftest import load_benchmark
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -40,11 +42,7 @@ def test_an_unknown_policy_or_an_empty_folder_is_one_clear_line(tmp_path: Path, 
 
 
 def test_a_ridge_policy_names_its_penalty() -> None:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bench_finetune", REPO / "benchmarks" / "bench_finetune.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("bench_finetune")
     assert bench.parse_policy("ridge10") == ("ridge", 10.0) and bench.parse_policy("every4") == ("every", 4)
     assert [bench.parse_policy(n) for n in ("ridgex", "ridge-1", "every", "every0", "sgd")] == [None] * 5
     assert bench.policy_model("ridge10", None).inner._new_correction().alpha == 10.0
