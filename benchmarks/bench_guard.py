@@ -67,25 +67,11 @@ def main() -> int:
     from perfmodel.collect.database import Database
     from perfmodel.collect.measure import Guard, LocalMeasurer, build, label_secs, one_line
     from perfmodel.metrics import spearman
-    from perfmodel.workloads import DEFAULT_DB, native_target, task_of_mod
+    from perfmodel.workloads import DEFAULT_DB, native_target
 
     db = Database.open(args.db or DEFAULT_DB)
-    by_wl = db.records_by_workload()
-    names = {task_of_mod(db.workload(wl).mod): wl for wl in by_wl}
-    rng = np.random.default_rng(args.seed)
-    items = []
-    for name in [t for t in args.tasks.split(",") if t]:
-        if name not in names:
-            print(f"skip {name}: not in {db.path}", file=sys.stderr)
-            continue
-        recs = [r for r in by_wl[names[name]] if r.ok]
-        for i in sorted(rng.choice(len(recs), size=min(args.n, len(recs)), replace=False)):
-            try:
-                c = db.tuning_record(recs[i]).as_measure_candidate()
-            except Exception as e:  # noqa: BLE001  a record that does not replay is left out
-                print(f"skip record {i} of {name}: {one_line(e)}", file=sys.stderr)
-                continue
-            items.append((c.sch.mod, c.args_info))
+    items = [(c.sch.mod, c.args_info) for _, _, c in db.sample([t for t in args.tasks.split(",") if t], args.n,
+                                                               seed=args.seed)]
     if not items:
         print(f"none of --tasks ({args.tasks}) is in {db.path}", file=sys.stderr)
         return 2

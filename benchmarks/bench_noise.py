@@ -85,7 +85,7 @@ def main() -> int:
     from perfmodel._tvm import load_ms
     from perfmodel.collect.database import Database
     from perfmodel.collect.measure import Guard, LocalMeasurer, Protocol, label_secs
-    from perfmodel.workloads import DEFAULT_DB, native_target, task_of_mod
+    from perfmodel.workloads import DEFAULT_DB, native_target
 
     ms = load_ms()
     proto = Protocol()
@@ -97,21 +97,7 @@ def main() -> int:
     guard = Guard(enabled=not args.no_guard)
     t_start = time.perf_counter()
     db = Database.open(args.db or DEFAULT_DB)
-    by_wl = db.records_by_workload()
-    names = {}
-    for wl in by_wl:
-        name = task_of_mod(db.workload(wl).mod)
-        if name:
-            names[name] = wl
-    rng = np.random.default_rng(args.seed)
-    picked = []  # (task, record, candidate)
-    for name in [t for t in args.tasks.split(",") if t]:
-        if name not in names:
-            print(f"skip {name}: not in {db.path}", file=sys.stderr)
-            continue
-        recs = [r for r in by_wl[names[name]] if r.ok]
-        for i in sorted(rng.choice(len(recs), size=min(args.n, len(recs)), replace=False)):
-            picked.append((name, recs[i], db.tuning_record(recs[i]).as_measure_candidate()))
+    picked = db.sample([t for t in args.tasks.split(",") if t], args.n, seed=args.seed)  # (task, record, candidate)
     if not picked:
         print("no task of --tasks is in the database", file=sys.stderr)
         return 2

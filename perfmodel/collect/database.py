@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -195,6 +196,40 @@ class Database:
         out: dict[int, list[RawRecord]] = {}
         for r in self.records:
             out.setdefault(r.workload, []).append(r)
+        return out
+
+    def sample(self, tasks: Iterable[str], n: int, *, seed: int = 0,
+               log: Callable[[str], None] | None = None) -> list[tuple[str, RawRecord, Any]]:
+        """Up to ``n`` valid records of each registry task in ``tasks`` (one seeded draw per task, kept in file
+        order), each with its replayed ``MeasureCandidate``: ``(task, record, candidate)`` in the order of
+        ``tasks``. A task the database lacks and a record that does not replay are left out, one line each to
+        ``log`` (default: stderr)."""
+        import numpy as np
+
+        from perfmodel.collect.measure import one_line
+        from perfmodel.workloads import task_of_mod
+
+        log = log or (lambda msg: print(msg, file=sys.stderr))
+        by_wl = self.records_by_workload()
+        names = {}
+        for wl in by_wl:
+            name = task_of_mod(self.workload(wl).mod)
+            if name:
+                names[name] = wl
+        rng = np.random.default_rng(seed)
+        out = []
+        for name in tasks:
+            if name not in names:
+                log(f"skip {name}: not in {self.path}")
+                continue
+            recs = [r for r in by_wl[names[name]] if r.ok]
+            for i in sorted(rng.choice(len(recs), size=min(n, len(recs)), replace=False)):
+                try:
+                    cand = self.tuning_record(recs[i]).as_measure_candidate()
+                except Exception as e:  # noqa: BLE001  a record TVM cannot replay any more
+                    log(f"skip {name}'s record {i} in {self.path}: {one_line(e)}")
+                    continue
+                out.append((name, recs[i], cand))
         return out
 
 

@@ -39,3 +39,17 @@ def test_a_clean_database_warns_nothing(tmp_path: Path) -> None:
         warnings.simplefilter("error")
         assert len(Database.open(path).records) == 3
 
+
+
+def test_sample_draws_the_same_valid_records_per_task_and_names_what_it_left_out(tiny_db: Path) -> None:
+    db = Database.open(tiny_db)
+    lines: list[str] = []
+    picked = db.sample(["NRM-0", "XYZ-9", "GMM-0"], 3, seed=1, log=lines.append)
+    assert [t for t, _, _ in picked] == ["NRM-0"] * 3 + ["GMM-0"] * 3  # in the order asked
+    assert all(r.ok for _, r, _ in picked) and all(c.sch.mod is not None for _, _, c in picked)
+    assert lines == [f"skip XYZ-9: not in {db.path}"]
+    again = db.sample(["NRM-0", "GMM-0"], 3, seed=1, log=lines.append)
+    assert [r.key for _, r, _ in again] == [r.key for _, r, _ in picked]  # the seed decides the draw
+    every = db.sample(["GMM-0"], 10_000, log=lines.append)
+    n_ok = sum(1 for r in db.records if r.ok and r.workload == every[0][1].workload)
+    assert len(every) == n_ok  # asking for more than there are gives all of them
