@@ -19,6 +19,13 @@ from typing import Any
 
 FAILED = 1e10  # MetaSchedule's run_secs of a failed build or run: a record format fact, defined here only
 
+
+def one_line(e: BaseException) -> str:
+    """An exception as one short line: its type and the last line of its message."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[-1][:300]}" if lines else type(e).__name__
+
+
 WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
 INFO_FILE = "measure_info.jsonl"  # what the timing guard saw, one JSON line per record (TVM never reads it)
@@ -206,7 +213,6 @@ class Database:
         ``log`` (default: stderr)."""
         import numpy as np
 
-        from perfmodel.collect.measure import one_line
         from perfmodel.workloads import task_of_mod
 
         log = log or (lambda msg: print(msg, file=sys.stderr))

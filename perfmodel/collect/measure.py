@@ -42,7 +42,7 @@ from typing import Any, Self
 
 import numpy as np
 
-from perfmodel.collect.database import FAILED, to_py  # noqa: F401  (FAILED: re-exported for the timing code)
+from perfmodel.collect.database import FAILED, one_line, to_py  # noqa: F401  (FAILED, one_line: re-exported)
 PROTOCOL_VERSION = 3  # bump when the timing protocol changes what a stored time means
 BUILD_NICE = 10  # nice level of the build workers (see _worker_main)
 
@@ -122,12 +122,6 @@ def label_secs(run_secs: Iterable[float]) -> float:
     """The time a record stands for: the median of its stored ``run_secs`` (with this protocol, the
     median of its fastest rounds). Training labels, evaluation, tuning curves and benchmarks all use it."""
     return float(np.median(np.asarray(list(run_secs), dtype=np.float64)))
-
-
-def one_line(e: BaseException) -> str:
-    """An exception as one short line: its type and the last line of its message."""
-    lines = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {lines[-1][:300]}" if lines else type(e).__name__
 
 
 def args_of(args_info: Iterable[Any]) -> list[tuple[list[int], str]]:
