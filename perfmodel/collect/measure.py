@@ -35,6 +35,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -289,6 +290,34 @@ def _set_realtime() -> bool:
         return False
 
 
+def exit_with_parent(interval_s: float = 0.5) -> None:
+    """Makes this worker process leave (``os._exit``) once the process that started it is gone.
+
+    A worker left running by a killed tuning or collection (SIGTERM / SIGKILL skip every cleanup)
+    finishes its job alone: a long LLVM build went on at ~90% of a core for minutes after its tuner
+    died, and a resumed run's guard then waited for a quiet machine. An idle worker already leaves at
+    the end of its input; this covers one in the middle of a job. A daemon thread compares the parent
+    pid every ``interval_s`` (a process re-parented to init or a subreaper sees another one)."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval_s)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def build_worker_init() -> None:
+    """Initializer of a TVM pool's build workers (``PopenPoolExecutor``, ``LocalBuilder``): MetaSchedule
+    imported the fast way (``load_ms``) and :func:`exit_with_parent`."""
+    from perfmodel._tvm import load_ms
+
+    load_ms()
+    exit_with_parent()
+
+
 def _worker_main(role: str) -> None:
     """Entry of a worker process: JSON jobs on stdin, one JSON answer line each on stdout.
 
@@ -307,6 +336,7 @@ def _worker_main(role: str) -> None:
         # from anyone's `nice -n 19` background work (CFS weight 110 vs 15) and collection keeps its pace.
         os.nice(BUILD_NICE)
         load_ms()
+        exit_with_parent()  # a build may run on for minutes; a runner's job is short and its input ends
     else:
         runner = _Runner()
     for line in sys.stdin:

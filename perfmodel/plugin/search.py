@@ -48,9 +48,12 @@ class PersistentBuilder(ms.builder.PyBuilder):
         super().__init__()
         from tvm.support.popen_pool import PopenPoolExecutor
 
+        from perfmodel.collect.measure import build_worker_init
+
         self.timeout_s = float(timeout_s)
         self.pool = PopenPoolExecutor(max_workers=max_workers or ms.utils.cpu_count(logical=False),
-                                      timeout=self.timeout_s, initializer=load_ms, maximum_process_uses=max_uses)
+                                      timeout=self.timeout_s, initializer=build_worker_init,
+                                      maximum_process_uses=max_uses)
 
     def close(self) -> None:
         """Stops the worker processes now (not at garbage collection, which may never come before exit and
@@ -78,13 +81,16 @@ class PersistentBuilder(ms.builder.PyBuilder):
 def make_builder(kind: str = "persistent", *, timeout_s: float = 60.0, max_workers: int | None = None) -> Any:
     """A builder: ``persistent`` (:class:`PersistentBuilder`) or ``local`` (TVM's ``LocalBuilder``).
 
-    The ``local`` one's fresh-per-batch workers get ``load_ms`` as initializer, which moves the
-    slow ``tvm.s_tir.tensor_intrin`` import out of the first build's timeout and makes it ~1 s.
+    Both pools' workers get ``build_worker_init`` as initializer: ``load_ms`` moves the slow
+    ``tvm.s_tir.tensor_intrin`` import out of the first build's timeout (~1 s then), and the worker
+    leaves when the tuning process is gone (``exit_with_parent``), mid-build included.
     """
     if kind == "persistent":
         return PersistentBuilder(max_workers=max_workers, timeout_s=timeout_s)
     if kind == "local":
-        return ms.builder.LocalBuilder(max_workers=max_workers, timeout_sec=timeout_s, initializer=load_ms)
+        from perfmodel.collect.measure import build_worker_init
+
+        return ms.builder.LocalBuilder(max_workers=max_workers, timeout_sec=timeout_s, initializer=build_worker_init)
     raise ValueError(f"unknown builder {kind!r}: use persistent or local")
 
 

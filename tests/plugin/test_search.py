@@ -1,8 +1,14 @@
-"""Tuning helpers: reading a best-so-far curve at budgets, trials to reach a latency, the plot."""
+"""Tuning helpers: reading a best-so-far curve at budgets, trials to reach a latency, the plot; build workers
+that leave with their tuner."""
 
 from __future__ import annotations
 
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 from perfmodel.plugin.search import best_at, plot_curves, trials_to_reach
@@ -59,3 +65,47 @@ def test_record_clock_matches_records_to_the_runner_times(tmp_path: Path) -> Non
     runner.finished += [20.0]
     clock.apply(sched, 1, [cand], [ms.builder.BuilderResult(art[0], None)], [rr])  # its directory is gone: fine
     assert clock.times[-1] == 20.0
+
+
+_ORPHANED_BUILD = """
+import os, sys, time
+from pathlib import Path
+from perfmodel.plugin.search import PersistentBuilder
+
+marker = Path(sys.argv[1])
+
+def job():  # a build that would go on for two minutes
+    marker.write_text(str(os.getpid()))
+    time.sleep(120)
+
+b = PersistentBuilder(max_workers=1, timeout_s=300)
+b.pool.submit(job)
+t = time.time()
+while not marker.exists() and time.time() - t < 120:
+    time.sleep(0.1)
+os._exit(0)  # the tuner dies without any cleanup, as under SIGKILL
+"""
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (an orphan nobody reaped has exited)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_build_worker_leaves_when_its_tuner_dies_mid_build(tmp_path: Path) -> None:
+    marker = tmp_path / "worker.pid"
+    proc = subprocess.run([sys.executable, "-c", _ORPHANED_BUILD, str(marker)], timeout=180)
+    assert proc.returncode == 0 and marker.exists(), "the build worker never started its job"
+    pid = int(marker.read_text())
+    try:
+        deadline = time.time() + 10
+        while _running(pid) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not _running(pid), f"build worker {pid} still running 10 s after its tuner died"
+    finally:
+        if _running(pid):
+            os.kill(pid, signal.SIGKILL)
