@@ -310,7 +310,7 @@ def exit_with_parent(interval_s: float = 0.5) -> None:
 
 
 def build_worker_init() -> None:
-    """Initializer of a TVM pool's build workers (``PopenPoolExecutor``, ``LocalBuilder``): MetaSchedule
+    """Start of every build worker (a TVM pool's, ``PopenPoolExecutor`` / ``LocalBuilder``, and ours): MetaSchedule
     imported the fast way (``load_ms``) and :func:`exit_with_parent`."""
     from perfmodel._tvm import load_ms
 
@@ -329,14 +329,11 @@ def _worker_main(role: str) -> None:
     import tvm
 
     if role == "build":
-        from perfmodel._tvm import load_ms
-
         # Builds may overlap a timing: niced, so the runner keeps its core and the guard (which ignores
         # niced CPU time) does not count them; nice 10, not 19, so that they still win the other core
         # from anyone's `nice -n 19` background work (CFS weight 110 vs 15) and collection keeps its pace.
         os.nice(BUILD_NICE)
-        load_ms()
-        exit_with_parent()  # a build may run on for minutes; a runner's job is short and its input ends
+        build_worker_init()  # a build may run on for minutes; a runner's job is short and its input ends
     else:
         runner = _Runner()
     for line in sys.stdin:
