@@ -649,13 +649,17 @@ class OnlineCorrection:
             picked alpha 1 and moved 16 far-off candidates by +16 log units, all of which then timed
             out (alpha 10 moved them by +10.7, alpha 1000 by -2; RESULTS.md).
         history: measured records kept per task (the newest).
+        raw_units: the last this many units of the rows are taken as they are (centred, not scaled): units
+            on a scale of their own, such as the decision indicators ``GNNCostModel(decisions=...)`` appends,
+            whose value then sets how cheaply the ridge may lean on them against the standardized embedding.
     """
 
     ALPHAS = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1e3, 3e3, 1e4, 3e4, 1e5)  # alpha="auto"'s candidates
 
-    def __init__(self, *, alpha: float | str = "auto", history: int = 4096) -> None:
+    def __init__(self, *, alpha: float | str = "auto", history: int = 4096, raw_units: int = 0) -> None:
         self.alpha: float | str = parse_alpha(alpha, "OnlineCorrection")
         self.history = int(history)
+        self.raw_units = int(raw_units)
         self.picked: dict[Any, float] = {}  # task -> the penalty of its last refit (inf: the mean residual only)
         self._clips: dict[Any, tuple[float, float]] = {}  # task -> the correction's range (alpha="auto")
         self._records: dict[Any, tuple[list[np.ndarray], list[float]]] = {}  # task -> (embeddings, residuals)
@@ -690,8 +694,10 @@ class OnlineCorrection:
              task: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
         mu, sd = e.mean(0), e.std(0) + 1e-6
         auto = self.alpha == "auto"
+        k = e.shape[1] - self.raw_units
         if auto:  # see the class: no unit scaled up by more than twice the typical one
-            sd = np.maximum(sd, 0.5 * float(np.median(sd)))
+            sd[:k] = np.maximum(sd[:k], 0.5 * float(np.median(sd[:k])))
+        sd[k:] = 1.0  # raw units: centred only
         z, b = (e - mu) / sd, float(r.mean())
         rc = r - b
         n, d = z.shape

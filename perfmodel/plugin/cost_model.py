@@ -88,6 +88,14 @@ class GNNCostModel(ms.cost_model.PyCostModel):
         diversity_stall: both penalties act again, after ``diversity_rounds``, once a task has had this many
             measured rounds in a row without a new best, until it has one (``RoundDiversity``'s ``stall``;
             0: never).
+        decisions: the online correction (``online="ridge"``) also sees each candidate's discrete decisions
+            (``decision_signature``: compute locations, categorical choices; each (position, value) pair
+            one of ``DECISION_WIDTH`` hashed indicator units of this value times the square root of the
+            embedding's width, beside the standardized embedding: at 1 one decision can weigh as much as the
+            whole embedding in the ridge), so that
+            where the network is wrong about a whole decision (a padding inlined or computed apart, which
+            the embedding may hold close together) a few measurements with it move every candidate
+            that shares it (0: off, the embedding only).
     """
 
     def __init__(self, *, path: str | Path | None = None, predictor: Predictor | None = None,
@@ -96,10 +104,13 @@ class GNNCostModel(ms.cost_model.PyCostModel):
                  feature_cache: int = 8192, explore: float = 0.0, online: str = "ridge",
                  ridge_alpha: float | str | None = None, gp_kappa: float | None = None,
                  featurize_workers: int = 1, diversity: float = 0.0, diversity_rounds: int = 0,
-                 diversity_signature: float = 0.0, diversity_stall: int = 0) -> None:
+                 diversity_signature: float = 0.0, diversity_stall: int = 0, decisions: float = 0.0) -> None:
         super().__init__()
         if online not in ("ridge", "gp", "finetune"):
             raise ValueError(f"GNNCostModel: online must be 'ridge', 'gp' or 'finetune' (got {online!r})")
+        if decisions and online != "ridge":
+            raise ValueError(f"GNNCostModel: decisions={decisions} needs online='ridge' (got {online!r})")
+
         if threads:
             import torch
 
@@ -107,9 +118,11 @@ class GNNCostModel(ms.cost_model.PyCostModel):
         self.frozen, self.update_every = frozen, max(1, int(update_every))
         self.steps, self.lr, self.batch_size = int(steps), float(lr), int(batch_size)
         self.explore, self.online = float(explore), online
+        self.decisions = float(decisions)
         self._correction_args: dict[str, Any] = (  # a GP keeps its own (smaller) history: its fit is cubic in it
             ({} if gp_kappa is None else {"kappa": gp_kappa}) if online == "gp" else
-            {"history": history, **({} if ridge_alpha is None else {"alpha": ridge_alpha})})
+            {"history": history, "raw_units": DECISION_WIDTH if decisions else 0,
+             **({} if ridge_alpha is None else {"alpha": ridge_alpha})})
         self.correction = self._new_correction()
         self.diversity = RoundDiversity(weight=diversity, rounds=diversity_rounds, signature=diversity_signature,
                                         stall=diversity_stall)
@@ -167,7 +180,8 @@ class GNNCostModel(ms.cost_model.PyCostModel):
         cache = self.features if self.features.size else None
         before = (FORKS.child_items, FORKS.redone, self.features.hits, self.features.output_hits, FORKS.unforked)
         schs = [c.sch for c in candidates]
-        sigs = _signatures(schs) if self.diversity.signature > 0 and self.diversity.active(task["key"]) else None
+        sigs = (_signatures(schs) if self.decisions > 0 or (self.diversity.signature > 0
+                                                            and self.diversity.active(task["key"])) else None)
         log_t = self.predictor.predict_schedules(schs, flops=task["flops"], batch_size=self.batch_size, cache=cache,
                                                  explore=self.explore, target=task["target"],
                                                  correction=self._adjustment(task["key"], sigs))
@@ -197,7 +211,11 @@ class GNNCostModel(ms.cost_model.PyCostModel):
                 prior, emb = self.predictor.embed_data([datas[j] for j in have], batch_size=self.batch_size,
                                                        target=task["target"])
                 logs = [math.log(secs[ok[j]]) for j in have]
-                self.correction.add(task["key"], emb, logs, prior)
+                if self.decisions > 0:
+                    emb_c = _with_decisions(emb, _signatures([candidates[ok[j]].sch for j in have]), self.decisions)
+                else:
+                    emb_c = emb
+                self.correction.add(task["key"], emb_c, logs, prior)
                 self.diversity.measured(task["key"], emb, logs)
                 self.stats.corrections += 1
                 if self.online == "ridge" and self.correction.alpha == "auto":  # None: no slope (mean only)
@@ -219,6 +237,8 @@ class GNNCostModel(ms.cost_model.PyCostModel):
         the decision signatures of every candidate; used when every candidate was featurized (the
         correction then sees all of them, in order), else the round's penalty leaves signatures out."""
         corr = self.correction.bound(key)
+        if corr is not None and self.decisions > 0:
+            corr = _decision_correction(corr, sigs, self.decisions)
         if not self.diversity.active(key):
             return corr
 
@@ -280,6 +300,29 @@ def _signatures(schs: list[Any]) -> list[Any]:
         except Exception:  # noqa: BLE001  a schedule TVM cannot show the trace of: scored without this penalty
             out.append(("unknown", i))
     return out
+
+
+DECISION_WIDTH = 64  # hashed indicator units of the decisions beside the embedding (GNNCostModel's ``decisions``)
+
+
+def _with_decisions(emb: np.ndarray, sigs: list[Any] | None, value: float) -> np.ndarray:
+    """The embeddings [N, E] with ``DECISION_WIDTH`` units more: unit ``hash((position, decision)) % width`` is
+    ``value * sqrt(E)`` for each decision of the candidate's signature (``sigs``, aligned with ``emb``; ``None``,
+    another length or an unreadable trace: those units 0)."""
+    d = np.zeros((emb.shape[0], DECISION_WIDTH))
+    value *= math.sqrt(emb.shape[1])  # one unit weighs as much as the whole standardized embedding at value 1
+    if sigs is not None and len(sigs) == emb.shape[0]:
+        for i, sig in enumerate(sigs):
+            if sig and sig[0] != "unknown":
+                for pos, dec in enumerate(sig):
+                    d[i, hash((pos, dec)) % DECISION_WIDTH] = value
+    return np.hstack([np.asarray(emb, dtype=np.float64), d])
+
+
+def _decision_correction(corr: Callable[[np.ndarray, np.ndarray], np.ndarray], sigs: list[Any] | None,
+                         value: float) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """``corr`` (fitted on ``_with_decisions`` rows) called with the candidates' decisions beside their embeddings."""
+    return lambda emb, log_t: corr(_with_decisions(emb, sigs, value), log_t)
 
 
 def _secs(result: Any) -> float | None:

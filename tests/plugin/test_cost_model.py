@@ -277,6 +277,33 @@ def test_diversity_signature_spreads_a_round_over_the_traces_discrete_decisions(
     assert np.allclose(sig.predict(space.ctx, candidates), plain.predict(space.ctx, candidates), rtol=1e-6)
 
 
+def test_decisions_let_the_correction_learn_a_whole_decision(gnn_ckpt: Path, space, candidates: list) -> None:
+    """gnn.decisions: the ridge correction sees each candidate's decisions beside its embedding. Where one
+    decision makes kernels 100x faster, 10 measured candidates teach it, and the 6 not measured are ranked
+    by it: every one with the fast decision above every one without."""
+    from perfmodel.featurize import decision_signature
+    from perfmodel.plugin.cost_model import DECISION_WIDTH
+
+    sigs = [decision_signature(c.sch) for c in candidates]
+    train, rest = list(range(10)), list(range(10, len(candidates)))
+    pos, val = next((p, v) for p in range(len(sigs[0])) for v in sorted({s[p] for s in sigs})
+                    if {sigs[i][p] == v for i in train} == {True, False} and {sigs[i][p] == v for i in rest} == {True, False})
+    fast = [sigs[i][pos] == val for i in range(len(candidates))]
+    results = []
+    for i in train:
+        t = (1e-5 if fast[i] else 1e-3) * (1 + 0.01 * i)
+        results.append(ms.runner.RunnerResult([t, t, t], None))
+    model = GNNCostModel.from_checkpoint(gnn_ckpt, decisions=1.0)
+    model.predict(space.ctx, candidates)
+    model.update(space.ctx, [candidates[i] for i in train], results)
+    mu = model.correction._fits[model._task(space.ctx)["key"]][0]
+    assert mu.size == model.predictor.embed_data(model.predictor.featurize([candidates[0].sch]))[1].shape[1] + DECISION_WIDTH
+    score = model.predict(space.ctx, candidates)
+    assert min(score[i] for i in rest if fast[i]) > max(score[i] for i in rest if not fast[i])
+    with pytest.raises(ValueError, match="decisions"):
+        GNNCostModel.from_checkpoint(gnn_ckpt, decisions=1.0, online="gp")
+
+
 def test_a_failing_candidate_gets_the_fallback(gnn_ckpt: Path, space, candidates: list, caplog,
                                               monkeypatch) -> None:
     import tvm_ffi
