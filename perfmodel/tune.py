@@ -117,7 +117,8 @@ def run_settings(cfg: Any) -> dict[str, Any] | None:
             "gp_kappa": float(g.gp_kappa), "update_every": int(g.update_every), "steps": int(g.steps),
             "lr": float(g.lr), "explore": float(g.get("explore") or 0.0),
             **_diversity_settings(g),
-            **({"decisions": float(g.decisions)} if g.get("decisions") else {})}  # only when on: old runs read back
+            **({"decisions": float(g.decisions)} if g.get("decisions") else {}),  # only when on: old runs read back
+            **({"decision_cover": int(g.decision_cover)} if g.get("decision_cover") else {})}
 
 
 def _diversity_settings(g: Any) -> dict[str, Any]:

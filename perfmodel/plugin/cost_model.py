@@ -96,6 +96,11 @@ class GNNCostModel(ms.cost_model.PyCostModel):
             where the network is wrong about a whole decision (a padding inlined or computed apart, which
             the embedding may hold close together) a few measurements with it move every candidate
             that shares it (0: off, the embedding only).
+        decision_cover: per search round (between two ``update`` calls), at most this many candidates are moved
+            to the top of the round's scores because their signature holds a decision (position, value) that
+            no measured candidate of the task had (the best-scored carrier of such a decision first), so that
+            every decision is measured early, however sure the network is that it is slow; with ``decisions``
+            the correction then learns from it (0: off).
     """
 
     def __init__(self, *, path: str | Path | None = None, predictor: Predictor | None = None,
@@ -104,7 +109,8 @@ class GNNCostModel(ms.cost_model.PyCostModel):
                  feature_cache: int = 8192, explore: float = 0.0, online: str = "ridge",
                  ridge_alpha: float | str | None = None, gp_kappa: float | None = None,
                  featurize_workers: int = 1, diversity: float = 0.0, diversity_rounds: int = 0,
-                 diversity_signature: float = 0.0, diversity_stall: int = 0, decisions: float = 0.0) -> None:
+                 diversity_signature: float = 0.0, diversity_stall: int = 0, decisions: float = 0.0,
+                 decision_cover: int = 0) -> None:
         super().__init__()
         if online not in ("ridge", "gp", "finetune"):
             raise ValueError(f"GNNCostModel: online must be 'ridge', 'gp' or 'finetune' (got {online!r})")
@@ -118,7 +124,9 @@ class GNNCostModel(ms.cost_model.PyCostModel):
         self.frozen, self.update_every = frozen, max(1, int(update_every))
         self.steps, self.lr, self.batch_size = int(steps), float(lr), int(batch_size)
         self.explore, self.online = float(explore), online
-        self.decisions = float(decisions)
+        self.decisions, self.decision_cover = float(decisions), max(0, int(decision_cover))
+        self._covered: dict[int, set] = {}  # task -> decisions (position, value) of its measured candidates
+        self._claimed: dict[int, tuple[set, int]] = {}  # task -> this round's promoted decisions and promotions
         self._correction_args: dict[str, Any] = (  # a GP keeps its own (smaller) history: its fit is cubic in it
             ({} if gp_kappa is None else {"kappa": gp_kappa}) if online == "gp" else
             {"history": history, "raw_units": DECISION_WIDTH if decisions else 0,
@@ -180,8 +188,8 @@ class GNNCostModel(ms.cost_model.PyCostModel):
         cache = self.features if self.features.size else None
         before = (FORKS.child_items, FORKS.redone, self.features.hits, self.features.output_hits, FORKS.unforked)
         schs = [c.sch for c in candidates]
-        sigs = (_signatures(schs) if self.decisions > 0 or (self.diversity.signature > 0
-                                                            and self.diversity.active(task["key"])) else None)
+        sigs = (_signatures(schs) if self.decisions > 0 or self.decision_cover or (
+            self.diversity.signature > 0 and self.diversity.active(task["key"])) else None)
         log_t = self.predictor.predict_schedules(schs, flops=task["flops"], batch_size=self.batch_size, cache=cache,
                                                  explore=self.explore, target=task["target"],
                                                  correction=self._adjustment(task["key"], sigs))
@@ -191,7 +199,29 @@ class GNNCostModel(ms.cost_model.PyCostModel):
         self.stats.cache_hits += self.features.hits - before[2]
         self.stats.output_hits += self.features.output_hits - before[3]
         with np.errstate(invalid="ignore"):
-            return np.where(np.isfinite(log_t), np.exp(np.clip(task["ref"] - log_t, -_MAX_EXP, _MAX_EXP)), np.nan)
+            score = np.where(np.isfinite(log_t), np.exp(np.clip(task["ref"] - log_t, -_MAX_EXP, _MAX_EXP)), np.nan)
+        if self.decision_cover and sigs is not None and len(sigs) == len(score):
+            self._promote(task["key"], score, sigs)
+        return score
+
+    def _promote(self, key: int, score: np.ndarray, sigs: list[Any]) -> None:
+        """``decision_cover``: moves the best-scored carriers of decisions the task has not measured to the top of
+        ``score`` (in place), up to the round's allowance."""
+        covered = self._covered.setdefault(key, set())
+        claimed, done = self._claimed.get(key, (set(), 0))
+        top = float(np.nanmax(score)) if np.isfinite(score).any() else 1.0
+        for i in np.argsort(-np.nan_to_num(score, nan=-np.inf)):
+            if done >= self.decision_cover or not np.isfinite(score[i]):
+                break
+            if not sigs[i] or sigs[i][0] == "unknown":
+                continue
+            new = set(enumerate(sigs[i])) - covered - claimed
+            if new:
+                claimed |= new
+                done += 1
+                score[i] = top * _PROMOTED
+                self.stats.decision_promotions += 1
+        self._claimed[key] = (claimed, done)
 
     def update(self, context: Any, candidates: list[Any], results: list[Any]) -> None:
         """Learns from the measured candidates (see the class's ``online``) unless frozen."""
@@ -200,6 +230,11 @@ class GNNCostModel(ms.cost_model.PyCostModel):
         self._updates += 1
         task = self._task(context)
         self.diversity.reset(task["key"])  # the next predict starts a new search round
+        self._claimed.pop(task["key"], None)
+        if self.decision_cover:
+            for sig in _signatures([c.sch for c in candidates]):
+                if sig and sig[0] != "unknown":
+                    self._covered.setdefault(task["key"], set()).update(enumerate(sig))
         secs = [_secs(r) for r in results]
         ok = [i for i, s in enumerate(secs) if s is not None]
         if self.frozen or not ok:
@@ -302,6 +337,7 @@ def _signatures(schs: list[Any]) -> list[Any]:
     return out
 
 
+_PROMOTED = 1e6  # a promoted candidate's score, times the best of its call (``decision_cover``)
 DECISION_WIDTH = 64  # hashed indicator units of the decisions beside the embedding (GNNCostModel's ``decisions``)
 
 

@@ -43,6 +43,8 @@ class CostModelStats:
             before (same weights; GNN only): not run through the network again either.
         ridge_alphas: the penalty the GNN's ridge correction picked at each refit with
             ``ridge_alpha="auto"`` (``None``: no slope, the mean residual only).
+        decision_promotions: candidates the GNN moved to the top of a round for a decision its task had not
+            measured yet (``decision_cover``).
     """
 
     predict_calls: int = 0
@@ -61,6 +63,7 @@ class CostModelStats:
     unforked_calls: int = 0
     cache_hits: int = 0
     output_hits: int = 0
+    decision_promotions: int = 0
     ridge_alphas: list[float | None] = field(default_factory=list)
 
     @property

@@ -304,6 +304,29 @@ def test_decisions_let_the_correction_learn_a_whole_decision(gnn_ckpt: Path, spa
         GNNCostModel.from_checkpoint(gnn_ckpt, decisions=1.0, online="gp")
 
 
+def test_decision_cover_measures_every_decision_early(gnn_ckpt: Path, space, candidates: list) -> None:
+    """gnn.decision_cover=1: once the candidates with the matmul's commonest unroll decision are measured, the
+    next round's top score goes to the best-scored candidate with another decision (whatever the network
+    thinks of it), once per round; the other scores are the plain model's."""
+    from perfmodel.featurize import decision_signature
+
+    sigs = [decision_signature(c.sch) for c in candidates]
+    common = max(set(sigs), key=sigs.count)
+    seen = [i for i, s in enumerate(sigs) if s == common]
+    plain, cover = GNNCostModel.from_checkpoint(gnn_ckpt), GNNCostModel.from_checkpoint(gnn_ckpt, decision_cover=1)
+    for m in (plain, cover):
+        m.predict(space.ctx, candidates)
+        m.update(space.ctx, [candidates[i] for i in seen], _results(len(seen)))
+    a, b = plain.predict(space.ctx, candidates), cover.predict(space.ctx, candidates)
+    other = [i for i in range(len(sigs)) if sigs[i] != common]
+    pick = max(other, key=lambda i: a[i])
+    assert int(np.argmax(b)) == pick and b[pick] > a.max()
+    rest = [i for i in range(len(sigs)) if i != pick]
+    assert np.allclose(b[rest], a[rest], rtol=1e-6)
+    assert np.allclose(cover.predict(space.ctx, candidates), a, rtol=1e-6)  # the round's one promotion is spent
+    assert cover.stats.decision_promotions == 2  # round 1 (nothing measured yet) and round 2
+
+
 def test_a_failing_candidate_gets_the_fallback(gnn_ckpt: Path, space, candidates: list, caplog,
                                               monkeypatch) -> None:
     import tvm_ffi
