@@ -89,13 +89,12 @@ class GNNCostModel(ms.cost_model.PyCostModel):
             measured rounds in a row without a new best, until it has one (``RoundDiversity``'s ``stall``;
             0: never).
         decisions: the online correction (``online="ridge"``) also sees each candidate's discrete decisions
-            (``decision_signature``: compute locations, categorical choices; each (position, value) pair
-            one of ``DECISION_WIDTH`` hashed indicator units of this value times the square root of the
+            (``decision_signature``: compute locations, categorical choices; each (position, value) pair sets
+            one of ``DECISION_WIDTH`` hashed indicator units to this value times the square root of the
             embedding's width, beside the standardized embedding: at 1 one decision can weigh as much as the
-            whole embedding in the ridge), so that
-            where the network is wrong about a whole decision (a padding inlined or computed apart, which
-            the embedding may hold close together) a few measurements with it move every candidate
-            that shares it (0: off, the embedding only).
+            whole embedding in the ridge), so that where the network is wrong about a whole decision (a
+            padding inlined or computed apart, which the embedding may hold close together) a few
+            measurements with it move every candidate that shares it (0: off, the embedding only).
         decision_cover: per search round (between two ``update`` calls), at most this many candidates are moved
             to the top of the round's scores because their signature holds a decision (position, value) that
             no measured candidate of the task had (the best-scored carrier of such a decision first), so that
@@ -116,7 +115,6 @@ class GNNCostModel(ms.cost_model.PyCostModel):
             raise ValueError(f"GNNCostModel: online must be 'ridge', 'gp' or 'finetune' (got {online!r})")
         if decisions and online != "ridge":
             raise ValueError(f"GNNCostModel: decisions={decisions} needs online='ridge' (got {online!r})")
-
         if threads:
             import torch
 
@@ -231,8 +229,9 @@ class GNNCostModel(ms.cost_model.PyCostModel):
         task = self._task(context)
         self.diversity.reset(task["key"])  # the next predict starts a new search round
         self._claimed.pop(task["key"], None)
+        sigs = _signatures([c.sch for c in candidates]) if self.decision_cover or self.decisions > 0 else None
         if self.decision_cover:
-            for sig in _signatures([c.sch for c in candidates]):
+            for sig in sigs:
                 if sig and sig[0] != "unknown":
                     self._covered.setdefault(task["key"], set()).update(enumerate(sig))
         secs = [_secs(r) for r in results]
@@ -246,11 +245,9 @@ class GNNCostModel(ms.cost_model.PyCostModel):
                 prior, emb = self.predictor.embed_data([datas[j] for j in have], batch_size=self.batch_size,
                                                        target=task["target"])
                 logs = [math.log(secs[ok[j]]) for j in have]
-                if self.decisions > 0:
-                    emb_c = _with_decisions(emb, _signatures([candidates[ok[j]].sch for j in have]), self.decisions)
-                else:
-                    emb_c = emb
-                self.correction.add(task["key"], emb_c, logs, prior)
+                rows = (_with_decisions(emb, [sigs[ok[j]] for j in have], self.decisions)
+                        if sigs and self.decisions > 0 else emb)
+                self.correction.add(task["key"], rows, logs, prior)
                 self.diversity.measured(task["key"], emb, logs)
                 self.stats.corrections += 1
                 if self.online == "ridge" and self.correction.alpha == "auto":  # None: no slope (mean only)
@@ -357,7 +354,8 @@ def _with_decisions(emb: np.ndarray, sigs: list[Any] | None, value: float) -> np
 
 def _decision_correction(corr: Callable[[np.ndarray, np.ndarray], np.ndarray], sigs: list[Any] | None,
                          value: float) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-    """``corr`` (fitted on ``_with_decisions`` rows) called with the candidates' decisions beside their embeddings."""
+    """``corr`` (fitted on ``_with_decisions`` rows), called with the candidates' decisions beside their
+    embeddings."""
     return lambda emb, log_t: corr(_with_decisions(emb, sigs, value), log_t)
 
 

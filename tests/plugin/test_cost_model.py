@@ -286,8 +286,9 @@ def test_decisions_let_the_correction_learn_a_whole_decision(gnn_ckpt: Path, spa
 
     sigs = [decision_signature(c.sch) for c in candidates]
     train, rest = list(range(10)), list(range(10, len(candidates)))
+    both = {True, False}
     pos, val = next((p, v) for p in range(len(sigs[0])) for v in sorted({s[p] for s in sigs})
-                    if {sigs[i][p] == v for i in train} == {True, False} and {sigs[i][p] == v for i in rest} == {True, False})
+                    if {sigs[i][p] == v for i in train} == both and {sigs[i][p] == v for i in rest} == both)
     fast = [sigs[i][pos] == val for i in range(len(candidates))]
     results = []
     for i in train:
@@ -297,7 +298,8 @@ def test_decisions_let_the_correction_learn_a_whole_decision(gnn_ckpt: Path, spa
     model.predict(space.ctx, candidates)
     model.update(space.ctx, [candidates[i] for i in train], results)
     mu = model.correction._fits[model._task(space.ctx)["key"]][0]
-    assert mu.size == model.predictor.embed_data(model.predictor.featurize([candidates[0].sch]))[1].shape[1] + DECISION_WIDTH
+    width = model.predictor.embed_data(model.predictor.featurize([candidates[0].sch]))[1].shape[1]
+    assert mu.size == width + DECISION_WIDTH
     score = model.predict(space.ctx, candidates)
     assert min(score[i] for i in rest if fast[i]) > max(score[i] for i in rest if not fast[i])
     with pytest.raises(ValueError, match="decisions"):
