@@ -211,9 +211,7 @@ class GNNCostModel(ms.cost_model.PyCostModel):
         for i in np.argsort(-np.nan_to_num(score, nan=-np.inf)):
             if done >= self.decision_cover or not np.isfinite(score[i]):
                 break
-            if not sigs[i] or sigs[i][0] == "unknown":
-                continue
-            new = set(enumerate(sigs[i])) - covered - claimed
+            new = set(_pairs(sigs[i])) - covered - claimed
             if new:
                 claimed |= new
                 done += 1
@@ -231,9 +229,9 @@ class GNNCostModel(ms.cost_model.PyCostModel):
         self._claimed.pop(task["key"], None)
         sigs = _signatures([c.sch for c in candidates]) if self.decision_cover or self.decisions > 0 else None
         if self.decision_cover:
+            covered = self._covered.setdefault(task["key"], set())
             for sig in sigs:
-                if sig and sig[0] != "unknown":
-                    self._covered.setdefault(task["key"], set()).update(enumerate(sig))
+                covered.update(_pairs(sig))
         secs = [_secs(r) for r in results]
         ok = [i for i, s in enumerate(secs) if s is not None]
         if self.frozen or not ok:
@@ -334,6 +332,11 @@ def _signatures(schs: list[Any]) -> list[Any]:
     return out
 
 
+def _pairs(sig: Any) -> tuple[tuple[int, Any], ...]:
+    """The (position, value) decisions of a ``_signatures`` entry; none for an unreadable trace."""
+    return () if not sig or sig[0] == "unknown" else tuple(enumerate(sig))
+
+
 _PROMOTED = 1e6  # a promoted candidate's score, times the best of its call (``decision_cover``)
 DECISION_WIDTH = 64  # hashed indicator units of the decisions beside the embedding (GNNCostModel's ``decisions``)
 
@@ -346,9 +349,8 @@ def _with_decisions(emb: np.ndarray, sigs: list[Any] | None, value: float) -> np
     value *= math.sqrt(emb.shape[1])  # one unit weighs as much as the whole standardized embedding at value 1
     if sigs is not None and len(sigs) == emb.shape[0]:
         for i, sig in enumerate(sigs):
-            if sig and sig[0] != "unknown":
-                for pos, dec in enumerate(sig):
-                    d[i, hash((pos, dec)) % DECISION_WIDTH] = value
+            for pair in _pairs(sig):
+                d[i, hash(pair) % DECISION_WIDTH] = value
     return np.hstack([np.asarray(emb, dtype=np.float64), d])
 
 
