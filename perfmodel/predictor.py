@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from perfmodel.workloads import describe_target, targets_match
+from perfmodel.workloads import describe_target, nearest_target, targets_match
 
 _WEIGHTS = itertools.count()  # names a predictor's weights (see ``FeatureCache.get_output``)
 
@@ -39,8 +39,9 @@ class Predictor:
     A model with the target input (``CostGNN(target_input=n)``) scores graphs for a target: the
     methods that build graphs or batches take ``target`` (a ``tvm.target.Target``, its JSON dict or a
     ``{kind, mcpu, threads}`` summary) and set ``target_id`` to its index in ``target_vocab``; a
-    target not in it, or none given, is scored as ``target_vocab[0]`` (the most common training
-    target; ``target_mismatch`` says so in one line). Other models ignore ``target``.
+    target not in it is scored as the nearest one (``perfmodel.workloads.nearest_target``: kind, threads,
+    then LLVM's CPU features; ``target_mismatch`` says so in one line), none given as ``target_vocab[0]``
+    (the most common training target). Other models ignore ``target``.
 
     Args:
         model: the network (``CostGNN``).
@@ -61,6 +62,7 @@ class Predictor:
         self.granularity = str(meta.get("granularity", "stage"))
         self.target_input = any(getattr(m, "target_input", 0) for m in self.model.modules())
         self.target_vocab: list[dict[str, Any]] = [dict(t) for t in meta.get("target_vocab") or []]
+        self._scored_as: dict[str, int] = {}  # describe_target(target) -> its scored_as index
         self._opt: torch.optim.Optimizer | None = None
         self._weights = next(_WEIGHTS)  # these weights, as a FeatureCache's outputs name them (new per fine-tune)
         self._fork_costs: dict[float, Any] = {}  # FLOPs (one task's calls) -> its featurizing calls' ForkCosts
@@ -204,8 +206,9 @@ class Predictor:
             if self.target_index(want) is not None:
                 return None
             known = " and ".join(describe_target(_summary(t)) for t in vocab)
+            near = describe_target(_summary(vocab[self.scored_as(want)]))
             head = f"checkpoint trained for {known} (target input), scoring for {describe_target(want)} " \
-                   f"(scored as {describe_target(_summary(vocab[0]))})"
+                   f"(scored as {near}, the nearest by CPU features)"
         else:
             have = _summary(self.target)
             if targets_match(have, want):
@@ -218,11 +221,22 @@ class Predictor:
         want = _summary(target)
         return next((i for i, t in enumerate(self.target_vocab) if targets_match(_summary(t), want)), None)
 
+    def scored_as(self, target: Any) -> int:
+        """Index in ``target_vocab`` that ``target`` is scored as: its own, else the nearest
+        (``nearest_target``; remembered per target)."""
+        want = _summary(target)
+        key = describe_target(want)
+        if key not in self._scored_as:
+            found = self.target_index(want)
+            self._scored_as[key] = found if found is not None else nearest_target(
+                want, [_summary(t) for t in self.target_vocab])
+        return self._scored_as[key]
+
     def _target_id(self, target: Any) -> int | None:
         """The ``target_id`` of graphs scored for ``target`` (``None``: the model has no target input)."""
         if not self.target_input:
             return None
-        return (self.target_index(target) if target is not None else None) or 0
+        return self.scored_as(target) if target is not None else 0
 
     # ------------------------------------------------------------ predicting
     def _prepare(self, batch: Any, target_id: int | None = None) -> Any:

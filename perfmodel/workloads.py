@@ -63,6 +63,39 @@ def targets_match(have: dict, want: dict) -> bool:
                for k in ("kind", "mcpu", "threads"))
 
 
+@functools.lru_cache(maxsize=64)
+def cpu_features(kind: str | None, mcpu: str | None) -> frozenset[str]:
+    """LLVM's feature set of an llvm target's ``mcpu`` on this host's triple (``generic``, or a CPU that
+    LLVM does not know and so compiles for as ``generic``: the baseline one); empty for another kind."""
+    if kind != "llvm":
+        return frozenset()
+    try:
+        import tvm
+        from tvm.target import codegen
+
+        if mcpu and mcpu != "generic" and not codegen.llvm_is_valid_cpu(mcpu, codegen.llvm_get_system_triple()):
+            mcpu = None
+        target = tvm.target.Target({"kind": "llvm", **({"mcpu": mcpu} if mcpu and mcpu != "generic" else {})})
+        return frozenset(str(f) for f in codegen.llvm_get_cpu_features(target))
+    except Exception:  # noqa: BLE001 - an mcpu LLVM rejects has no features to compare
+        return frozenset()
+
+
+def nearest_target(want: dict, known: list[dict]) -> int:
+    """Index in ``known`` (``{kind, mcpu, threads}`` summaries) of the target nearest to ``want``: the
+    same kind first, then the same thread count, then the largest share of LLVM CPU features (Jaccard:
+    a Zen 4 is nearer a Zen 5 than a Zen 3, both having AVX-512); ties go to the earlier entry."""
+    have = cpu_features(want.get("kind"), want.get("mcpu"))
+
+    def closeness(t: dict) -> tuple[bool, bool, float]:
+        other = cpu_features(t.get("kind"), t.get("mcpu"))
+        share = len(have & other) / len(have | other) if have and other else 0.0
+        return t.get("kind") == want.get("kind"), t.get("threads") == want.get("threads"), share
+
+    scores = [closeness(t) for t in known]
+    return max(range(len(known)), key=lambda i: (scores[i], -i)) if known else 0
+
+
 def describe_target(t: dict) -> str:
     """``llvm/znver3/1 thread(s)``: a target summary in one word."""
     return f"{t.get('kind')}/{t.get('mcpu')}" + (f"/{t['threads']} thread(s)" if t.get("threads") is not None else "")

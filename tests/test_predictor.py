@@ -120,13 +120,18 @@ def test_target_input_scores_for_the_target_in_its_vocabulary(tmp_path: Path) ->
     assert np.array_equal(p.predict_data(_synthetic(), target={"kind": "llvm", "num-cores": 1}), as_generic)
     assert np.array_equal(p.predict_data(_synthetic()), as_znver3)  # no target: the most common one
     assert np.array_equal(p.predict_data(_synthetic(1), target=ZNVER3), as_generic)  # graphs keep their own id
-    # a target it does not know: scored as the most common one, and target_mismatch says so in one line
+    # a target it does not know: scored as the nearest by CPU features, and target_mismatch says so in one line
     znver4 = {"kind": "llvm", "mcpu": "znver4", "num-cores": 1}
-    assert np.array_equal(p.predict_data(_synthetic(), target=znver4), as_znver3)
+    assert p.scored_as(znver4) == 0 and np.array_equal(p.predict_data(_synthetic(), target=znver4), as_znver3)
     assert p.target_mismatch(znver4) == (
         "checkpoint trained for llvm/znver3/1 thread(s) and llvm/generic/1 thread(s) (target input), scoring for "
-        "llvm/znver4/1 thread(s) (scored as llvm/znver3/1 thread(s)): predictions may be off; retrain on data "
-        "of this target (python train.py data.db_paths=[...])")
+        "llvm/znver4/1 thread(s) (scored as llvm/znver3/1 thread(s), the nearest by CPU features): predictions "
+        "may be off; retrain on data of this target (python train.py data.db_paths=[...])")
+    # with a Zen 5 known too, a Zen 4 (AVX-512, like the Zen 5) is scored as the Zen 5, not the first target
+    znver5 = {"kind": "llvm", "mcpu": "znver5", "threads": 1}
+    three = _predictor(target_input=3, target_vocab=[ZNVER3, GENERIC, znver5], target=ZNVER3)
+    assert three.scored_as(znver4) == 2 and "(scored as llvm/znver5/1 thread(s)," in three.target_mismatch(znver4)
+    assert np.array_equal(three.predict_data(_synthetic(), target=znver4), three.predict_data(_synthetic(2)))
     assert p.target_mismatch(GENERIC) is None and p.target_mismatch(ZNVER3) is None
     back = Predictor.from_checkpoint(p.save(tmp_path / "both.pt"))
     assert back.target_vocab == [ZNVER3, GENERIC] and np.array_equal(back.predict_data(_synthetic(1)), as_generic)
@@ -150,8 +155,8 @@ def test_a_checkpoint_without_target_input_loads_and_ignores_targets(tmp_path: P
 @pytest.mark.skipif(not predictor_mod.DEFAULT_CHECKPOINT.is_file(), reason="no shipped checkpoint")
 def test_the_shipped_checkpoint_scores_for_the_targets_it_knows(target) -> None:
     """Without the target input, the target changes nothing; with it, every target of its vocabulary
-    is scored as itself (a generic x86 target differs from a native one) and an unknown target as
-    the first, most common one."""
+    is scored as itself (a generic x86 target differs from a native one), a CPU it does not know as the
+    known one sharing most of its CPU features (one LLVM does not know as generic, if known)."""
     from perfmodel.collect.sampler import TaskSpace
     from conftest import matmul_mod
 
@@ -169,9 +174,13 @@ def test_the_shipped_checkpoint_scores_for_the_targets_it_knows(target) -> None:
     per = [p.predict_schedules(schs, target=t) for t in vocab]
     assert np.array_equal(per[0], plain)  # no target given: scored as the most common one
     assert all(not np.array_equal(per[0], q) for q in per[1:]), "each known target has its own scale"
-    unknown = {"kind": "llvm", "mcpu": "no-such-cpu", "threads": 64}
+    unknown = {"kind": "llvm", "mcpu": "no-such-cpu", "threads": 64}  # LLVM compiles for it as generic
     assert p.target_index(unknown) is None and "scored as" in (p.target_mismatch(unknown) or "")
-    assert np.array_equal(p.predict_schedules(schs, target=unknown), plain)
+    generic = [i for i, t in enumerate(vocab) if t.get("mcpu") == "generic"]
+    assert np.array_equal(p.predict_schedules(schs, target=unknown), per[generic[0]] if generic else plain)
+    zen5 = [i for i, t in enumerate(vocab) if t.get("mcpu") == "znver5" and t.get("threads") == 1]
+    if zen5:  # the shipped file knows a Zen 5: a Zen 4 is scored as it
+        assert p.scored_as({"kind": "llvm", "mcpu": "znver4", "threads": 1}) == zen5[0]
 
 
 def test_heldout_tasks_recorded_rebuilt_or_unknown() -> None:
@@ -613,3 +622,20 @@ def test_embeddings_and_the_corrected_prediction_of_an_ensemble(target) -> None:
     out = ens.predict_schedules(schs, flops=2 * 64**3, correction=corr)
     assert np.allclose(seen[0][0], emb, atol=1e-6) and np.allclose(seen[0][1], pred, atol=1e-6)
     assert np.allclose(out, pred + emb[:, 0] * 0.1, atol=1e-6)
+
+
+def test_nearest_target_goes_by_kind_then_threads_then_cpu_features() -> None:
+    from perfmodel.workloads import cpu_features, nearest_target
+
+    z3, z5, gen = ({"kind": "llvm", "mcpu": m, "threads": 1} for m in ("znver3", "znver5", "generic"))
+    assert "avx512f" in cpu_features("llvm", "znver4") and "avx512f" not in cpu_features("llvm", "znver3")
+    assert nearest_target({"kind": "llvm", "mcpu": "znver4", "threads": 1}, [z3, gen, z5]) == 2
+    assert nearest_target({"kind": "llvm", "mcpu": "znver2", "threads": 1}, [gen, z5, z3]) == 2
+    # the thread count outranks the CPU: a Zen 4 run on 4 cores is nearer a generic 4-core target
+    gen4 = {**gen, "threads": 4}
+    assert nearest_target({"kind": "llvm", "mcpu": "znver4", "threads": 4}, [z3, z5, gen4]) == 2
+    # a CPU that LLVM does not know is compiled for as generic; another kind has no features: the first one
+    assert cpu_features("llvm", "no-such-cpu") == cpu_features("llvm", "generic") != frozenset()
+    assert nearest_target({"kind": "llvm", "mcpu": "no-such-cpu", "threads": 1}, [z3, gen, z5]) == 1
+    assert cpu_features("cuda", None) == frozenset()
+    assert nearest_target({"kind": "cuda", "mcpu": None, "threads": None}, [z3, z5]) == 0
