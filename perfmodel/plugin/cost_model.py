@@ -48,7 +48,7 @@ class GNNCostModel(ms.cost_model.PyCostModel):
     seconds (8-15% of a tuning run's time); on held-out tasks' random schedules the two tie. Scoring for another target than the
     checkpoint's logs one warning and counts ``stats.target_mismatch``; a checkpoint with the target
     input scores for the tuning target (``context.target``: that warning when it is not one it knows,
-    then scored as its most common training target). Candidates the search hands
+    then scored as the nearest one it knows: ``Predictor.scored_as``). Candidates the search hands
     in again (the same schedule objects, or new ones with a module scored before) reuse their features
     (a :class:`~perfmodel.predictor.FeatureCache`).
 
