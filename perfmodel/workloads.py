@@ -73,11 +73,10 @@ def cpu_features(kind: str | None, mcpu: str | None) -> frozenset[str]:
         import tvm
         from tvm.target import codegen
 
-        if mcpu and mcpu != "generic" and not codegen.llvm_is_valid_cpu(mcpu, codegen.llvm_get_system_triple()):
-            mcpu = None
-        target = tvm.target.Target({"kind": "llvm", **({"mcpu": mcpu} if mcpu and mcpu != "generic" else {})})
+        known = mcpu and mcpu != "generic" and codegen.llvm_is_valid_cpu(mcpu, codegen.llvm_get_system_triple())
+        target = tvm.target.Target({"kind": "llvm", **({"mcpu": mcpu} if known else {})})
         return frozenset(str(f) for f in codegen.llvm_get_cpu_features(target))
-    except Exception:  # noqa: BLE001 - an mcpu LLVM rejects has no features to compare
+    except Exception:  # noqa: BLE001 - no LLVM in this TVM build: no features to compare
         return frozenset()
 
 
