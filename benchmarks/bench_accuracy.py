@@ -14,9 +14,12 @@ scored on that family; the JSON then has ``lofo`` (per family: pairwise, tau, pe
 With ``--pool --unseen`` it scores the runs of a tuning benchmark instead (``--db`` its output,
 e.g. ``benchmarks/tune_full/znver3``): every schedule any cost model measured for a task is one
 ranking, and tasks that the training databases hold are left out (only unseen operators are scored).
+``--chosen-by gnn`` (or ``xgb``, ...) scores only the databases of runs tuned with that cost model (the
+``cost_model_name`` of the run's ``summary.json``): a pool of one model's choices holds that model's own
+false positives, so a fair comparison looks at each chooser's pool apart (RESULTS, "The Zen 4, sixth session").
 
     python benchmarks/bench_accuracy.py [--quick] [--checkpoint PATH] [--db DIR] [--train-db DIR,DIR]
-                                        [--lofo [--lofo-epochs N]] [--pool] [--unseen]
+                                        [--lofo [--lofo-epochs N]] [--pool] [--unseen] [--chosen-by MODEL,...]
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ import json
 import sys
 import time
 import warnings
+from pathlib import Path
 
+from perfmodel.collect.database import DatabaseError, iter_databases
 from perfmodel.evaluate.cli import heldout_from, load_predictor
 from perfmodel.evaluate.evaluator import DEFAULT_TRAIN_DB, evaluate
 from perfmodel.evaluate.report import table
@@ -35,6 +40,28 @@ from perfmodel.metrics import RANKING
 # issue #11's targets on the held-out tasks of the native folder
 TARGETS = {"pairwise_acc": 0.88, "peak1": 0.85, "peak5": 0.95, "mape": 0.25, "r2": 0.80, "mape_vs_xgb_latency": 3.0,
            "lofo_min_pairwise": 0.80}
+
+
+def chosen_by(db: str, models: list[str]) -> list[str]:
+    """The databases at or under ``db`` whose run was tuned with one of ``models`` (the ``cost_model_name``
+    of the ``summary.json`` beside the database, as ``perfmodel tune`` writes it).
+
+    Raises:
+        DatabaseError: one line naming ``db``, when none of its databases is such a run.
+    """
+    out, unknown = [], 0
+    for d in iter_databases(db):
+        try:
+            name = json.loads((Path(d) / "summary.json").read_text()).get("cost_model_name")
+        except (OSError, ValueError, AttributeError):
+            unknown += 1
+            continue
+        if name in models:
+            out.append(str(d))
+    if not out:
+        raise DatabaseError(f"{db}: no database of a run tuned with {','.join(models)} (cost_model_name in its "
+                            f"summary.json; {unknown} database(s) without a readable summary)")
+    return out
 
 
 def targets(models: dict[str, dict], lofo_min_pairwise: float | None = None) -> list[tuple[str, bool]]:
@@ -112,6 +139,9 @@ def main() -> int:
     ap.add_argument("--pool", action="store_true",
                     help="a task held by several databases under --db (a tuning benchmark's runs) is one task")
     ap.add_argument("--unseen", action="store_true", help="score only the tasks that --train-db does not hold")
+    ap.add_argument("--chosen-by", default=None,
+                    help="comma-separated cost models (gnn, xgb, ...): score only the databases of runs tuned with "
+                         "them (their summary.json's cost_model_name)")
     ap.add_argument("--lofo", action="store_true", help="also the leave-one-family-out view (one training per family)")
     ap.add_argument("--lofo-epochs", type=int, default=15, help="epochs of each leave-one-family-out training")
     args = ap.parse_args()
@@ -120,7 +150,12 @@ def main() -> int:
     predictor = load_predictor(args.checkpoint, required=False)
     baselines = [b for b in args.baselines.split(",") if b]
     train_db = [p for p in (args.train_db or args.db).split(",") if p]
-    res = evaluate([args.db], predictor=predictor, train_db=train_db, baselines=baselines, seed=0,
+    try:
+        dbs = chosen_by(args.db, args.chosen_by.split(",")) if args.chosen_by else [args.db]
+    except DatabaseError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    res = evaluate(dbs, predictor=predictor, train_db=train_db, baselines=baselines, seed=0,
                    quick=args.quick, heldout=heldout_from(predictor, train_db, None),
                    train_per_task=64 if args.quick else None, pool=args.pool, unseen=args.unseen,
                    log=lambda m: print(m, file=sys.stderr))

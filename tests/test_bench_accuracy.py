@@ -43,3 +43,32 @@ def test_lofo_minimum_skips_families_too_small_to_judge() -> None:
     per["conv"]["pairwise_acc"] = 0.9
     assert b.lofo_min_pairwise(per) == 0.82
     assert b.lofo_min_pairwise({"elementwise": per["elementwise"]}) is None
+
+
+def test_chosen_by_keeps_the_databases_of_one_cost_models_runs(tmp_path) -> None:
+    import json
+
+    import pytest
+
+    from perfmodel.collect.database import RECORD_FILE, WORKLOAD_FILE, DatabaseError
+
+    b = _bench()
+
+    def run(rel: str, model: str | None) -> None:
+        d = tmp_path / rel
+        d.mkdir(parents=True)
+        (d / RECORD_FILE).write_text("")
+        (d / WORKLOAD_FILE).write_text("")
+        if model is not None:
+            (d / "summary.json").write_text(json.dumps({"cost_model_name": model}))
+
+    run("GRP-3/gnn-s1", "gnn")
+    run("GRP-3/xgb-s1", "xgb")
+    run("CAP-1/gnn-s2", "gnn")
+    run("CAP-1/random-s1", "random")
+    run("collected", None)  # a collected folder: no run summary
+    assert b.chosen_by(str(tmp_path), ["gnn"]) == [str(tmp_path / "CAP-1/gnn-s2"), str(tmp_path / "GRP-3/gnn-s1")]
+    assert b.chosen_by(str(tmp_path), ["xgb", "random"]) == [str(tmp_path / "CAP-1/random-s1"),
+                                                            str(tmp_path / "GRP-3/xgb-s1")]
+    with pytest.raises(DatabaseError, match=r"no database of a run tuned with mlp .*1 database\(s\) without"):
+        b.chosen_by(str(tmp_path), ["mlp"])
