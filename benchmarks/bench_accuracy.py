@@ -15,7 +15,7 @@ With ``--pool --unseen`` it scores the runs of a tuning benchmark instead (``--d
 e.g. ``benchmarks/tune_full/znver3``): every schedule any cost model measured for a task is one
 ranking, and tasks that the training databases hold are left out (only unseen operators are scored).
 ``--chosen-by gnn`` (or ``xgb``, ...) scores only the databases of runs tuned with that cost model (the
-``cost_model_name`` of the run's ``summary.json``): a pool of one model's choices holds that model's own
+``cost_model_name`` of the run's ``tune_summary.json``): a pool of one model's choices holds that model's own
 false positives, so a fair comparison looks at each chooser's pool apart (RESULTS, "The Zen 4, sixth session").
 
     python benchmarks/bench_accuracy.py [--quick] [--checkpoint PATH] [--db DIR] [--train-db DIR,DIR]
@@ -36,6 +36,7 @@ from perfmodel.evaluate.cli import heldout_from, load_predictor
 from perfmodel.evaluate.evaluator import DEFAULT_TRAIN_DB, evaluate
 from perfmodel.evaluate.report import table
 from perfmodel.metrics import RANKING
+from perfmodel.tune import TUNE_SUMMARY
 
 # issue #11's targets on the held-out tasks of the native folder
 TARGETS = {"pairwise_acc": 0.88, "peak1": 0.85, "peak5": 0.95, "mape": 0.25, "r2": 0.80, "mape_vs_xgb_latency": 3.0,
@@ -44,7 +45,7 @@ TARGETS = {"pairwise_acc": 0.88, "peak1": 0.85, "peak5": 0.95, "mape": 0.25, "r2
 
 def chosen_by(db: str, models: list[str]) -> list[str]:
     """The databases at or under ``db`` whose run was tuned with one of ``models`` (the ``cost_model_name``
-    of the ``summary.json`` beside the database, as ``perfmodel tune`` writes it).
+    of the ``tune_summary.json`` that ``perfmodel tune`` writes beside the database).
 
     Raises:
         DatabaseError: one line naming ``db``, when none of its databases is such a run.
@@ -52,7 +53,7 @@ def chosen_by(db: str, models: list[str]) -> list[str]:
     out, unknown = [], 0
     for d in iter_databases(db):
         try:
-            name = json.loads((Path(d) / "summary.json").read_text()).get("cost_model_name")
+            name = json.loads((Path(d) / TUNE_SUMMARY).read_text()).get("cost_model_name")
         except (OSError, ValueError, AttributeError):
             unknown += 1
             continue
@@ -60,7 +61,7 @@ def chosen_by(db: str, models: list[str]) -> list[str]:
             out.append(str(d))
     if not out:
         raise DatabaseError(f"{db}: no database of a run tuned with {','.join(models)} (cost_model_name in its "
-                            f"summary.json; {unknown} database(s) without a readable summary)")
+                            f"{TUNE_SUMMARY}; {unknown} database(s) without a readable summary)")
     return out
 
 
@@ -141,7 +142,7 @@ def main() -> int:
     ap.add_argument("--unseen", action="store_true", help="score only the tasks that --train-db does not hold")
     ap.add_argument("--chosen-by", default=None,
                     help="comma-separated cost models (gnn, xgb, ...): score only the databases of runs tuned with "
-                         "them (their summary.json's cost_model_name)")
+                         "them (their tune_summary.json's cost_model_name)")
     ap.add_argument("--lofo", action="store_true", help="also the leave-one-family-out view (one training per family)")
     ap.add_argument("--lofo-epochs", type=int, default=15, help="epochs of each leave-one-family-out training")
     args = ap.parse_args()

@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+TUNE_SUMMARY = "tune_summary.json"  # what every run writes into its work_dir last (the keys of `tune`'s result)
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -255,7 +257,7 @@ def tune(cfg: Any) -> dict[str, Any]:
         out["plot"] = str(plot_curves({str(cfg.cost_model): curve}, work_dir / "best_latency.png",
                                       title=f"{label}: best latency vs trials and seconds ({cfg.cost_model})",
                                       seconds={str(cfg.cost_model): seconds} if seconds else None))
-    (work_dir / "tune_summary.json").write_text(json.dumps(out, indent=1))
+    (work_dir / TUNE_SUMMARY).write_text(json.dumps(out, indent=1))
     _print_summary(out)
     return out
 

@@ -51,6 +51,7 @@ def test_chosen_by_keeps_the_databases_of_one_cost_models_runs(tmp_path) -> None
     import pytest
 
     from perfmodel.collect.database import RECORD_FILE, WORKLOAD_FILE, DatabaseError
+    from perfmodel.tune import TUNE_SUMMARY
 
     b = _bench()
 
@@ -60,7 +61,7 @@ def test_chosen_by_keeps_the_databases_of_one_cost_models_runs(tmp_path) -> None
         (d / RECORD_FILE).write_text("")
         (d / WORKLOAD_FILE).write_text("")
         if model is not None:
-            (d / "summary.json").write_text(json.dumps({"cost_model_name": model}))
+            (d / TUNE_SUMMARY).write_text(json.dumps({"cost_model_name": model}))
 
     run("GRP-3/gnn-s1", "gnn")
     run("GRP-3/xgb-s1", "xgb")
